@@ -1,0 +1,45 @@
+/*
+ * config.h - command line flags and LIVEQUERY_* environment variables parsed
+ * into one immutable, validated struct. Precedence: flag > environment > default.
+ *
+ * Thread: built once on the main thread before anything starts; read-only after.
+ */
+#ifndef LIVEQUERY_CONFIG_H
+#define LIVEQUERY_CONFIG_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+
+typedef struct lq_config {
+    char *host;            /* bind address; default 127.0.0.1 */
+    int port;              /* default 1337 */
+    char *redis_host;      /* from redis_url; default 127.0.0.1 */
+    int redis_port;        /* default 6379 */
+    int redis_db;          /* from redis://host:port/N; default 0 */
+    char *redis_password;  /* from redis://:pass@host; NULL if none */
+    char *app_id;          /* required */
+    char *master_key;      /* NULL: no client may act with the master key */
+    char *channel_prefix;  /* our bus channel is <prefix><app_id>:changes; default "livequery:" */
+
+    size_t max_frame_bytes;     /* largest client frame; default 65536 */
+    int max_json_depth;         /* deepest client JSON; default 64 */
+    int max_subscriptions;      /* per connection; default 256 */
+    size_t max_query_bytes;     /* serialized where; default 16384 */
+    int max_query_depth;        /* default 16 */
+    int max_connections;        /* per process; default 10000 */
+    size_t max_queue_bytes;     /* outbound bytes queued per connection; default 4 MiB */
+    int ping_interval_s;        /* WebSocket ping period; a peer silent for 2 periods is dropped; default 10 */
+    int log_level;              /* 0 error, 1 warn, 2 info, 3 debug; default 2 */
+} lq_config;
+
+/* Parses argv and the environment into *cfg (zeroed first).
+ * Returns 0 on success; 1 when --help or --version was printed to out (the
+ * caller should exit 0); -1 after printing a one-line error naming the bad
+ * flag or variable to err (the caller should exit 2). */
+int lq_config_parse(lq_config *cfg, int argc, char **argv, FILE *out, FILE *err);
+
+/* Frees the strings in cfg. Accepts NULL. */
+void lq_config_release(lq_config *cfg);
+
+#endif

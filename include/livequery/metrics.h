@@ -1,0 +1,50 @@
+/*
+ * metrics.h - process-wide counters and gauges, rendered as Prometheus text
+ * on GET /metrics. Relaxed atomics: any thread may bump them.
+ */
+#ifndef LIVEQUERY_METRICS_H
+#define LIVEQUERY_METRICS_H
+
+#include <stdatomic.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define LQ_METRICS(X)                                                                              \
+    X(connections_total, counter, "WebSocket connections accepted")                                \
+    X(connections_rejected, counter, "connections refused: server full")                          \
+    X(connections, gauge, "open WebSocket connections")                                            \
+    X(subscriptions, gauge, "live subscriptions")                                                  \
+    X(subscription_groups, gauge, "distinct (class, canonical query) groups")                     \
+    X(frames_in, counter, "client frames received")                                                \
+    X(frames_invalid_json, counter, "client frames dropped: not JSON (no reply)")                 \
+    X(frames_too_large, counter, "connections closed: frame over --max-frame-bytes")              \
+    X(requests_rejected, counter, "client requests answered with an error frame")                 \
+    X(events_in, counter, "change events taken from the bus")                                      \
+    X(events_unwatched, counter, "change events for classes nobody subscribes to")                \
+    X(deliveries, counter, "event frames queued to clients")                                       \
+    X(deliveries_withheld_acl, counter, "matches withheld because the ACL denies the subscriber") \
+    X(bus_messages_invalid, counter, "bus messages dropped: malformed")                           \
+    X(bus_connects, counter, "successful Redis (re)connections")                                   \
+    X(bus_connected, gauge, "1 while the Redis subscriber is connected")                          \
+    X(slow_consumers_closed, counter, "connections closed: outbound queue over its byte limit")   \
+    X(queued_bytes, gauge, "bytes waiting in outbound queues")                                     \
+    X(bytes_out, counter, "bytes written to WebSocket clients")
+
+typedef struct lq_metrics {
+#define LQ_METRIC_FIELD(name, kind, help) _Atomic int64_t name;
+    LQ_METRICS(LQ_METRIC_FIELD)
+#undef LQ_METRIC_FIELD
+} lq_metrics;
+
+extern lq_metrics lq_m;
+
+#define LQ_METRIC_ADD(name, n) atomic_fetch_add_explicit(&lq_m.name, (int64_t)(n), memory_order_relaxed)
+#define LQ_METRIC_INC(name) LQ_METRIC_ADD(name, 1)
+#define LQ_METRIC_SET(name, v) atomic_store_explicit(&lq_m.name, (int64_t)(v), memory_order_relaxed)
+#define LQ_METRIC_GET(name) atomic_load_explicit(&lq_m.name, memory_order_relaxed)
+
+/* Renders every metric as Prometheus text (prefix "livequery_") into buf.
+ * Returns the length written, truncated to cap - 1 and NUL-terminated. */
+size_t lq_metrics_render(char *buf, size_t cap);
+
+#endif

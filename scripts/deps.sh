@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Installs everything livequeryd needs to build, run and test on Debian 12.
+# Used by the README's Quick start and by .ci/run; safe to run again.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PKGS=(build-essential cmake pkg-config
+      libwebsockets-dev libhiredis-dev libjansson-dev libpcre2-dev libssl-dev libuv1-dev uthash-dev
+      redis-server nodejs npm)
+
+missing=()
+for p in "${PKGS[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+    SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+    export DEBIAN_FRONTEND=noninteractive
+    $SUDO apt-get update -qq
+    $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+# The real Parse JS SDK and a raw WebSocket client for the integration tests.
+if [ ! -d tests/node_modules/parse ] || [ ! -d tests/node_modules/ws ]; then
+    (cd tests && npm ci --no-audit --no-fund --loglevel=error 2>/dev/null \
+        || npm install --no-audit --no-fund --loglevel=error)
+fi

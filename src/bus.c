@@ -1,0 +1,416 @@
+/*
+ * bus.c - Redis subscriber thread and bus message parsing; see bus.h.
+ */
+#include "livequery/bus.h"
+
+#include <errno.h>
+#include <hiredis/hiredis.h>
+#include <poll.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "livequery/error.h"
+#include "livequery/jsonout.h"
+#include "livequery/log.h"
+#include "livequery/metrics.h"
+
+#define QUEUE_MAX 65536        /* changes waiting for the service thread before we stop reading */
+#define PING_AFTER_MS 3000     /* idle time before we ask Redis for a PONG */
+#define DEAD_AFTER_MS 10000    /* no byte from Redis for this long: reconnect */
+#define BACKOFF_MIN_MS 100
+#define BACKOFF_MAX_MS 5000
+
+struct lq_bus {
+    const lq_config *cfg;
+    lq_bus_notify_fn notify;
+    void *ud;
+    char *channels[3];
+    pthread_t thread;
+    int started;
+    int stop_pipe[2];
+    atomic_int stopping;
+    atomic_int connected;
+
+    pthread_mutex_t lock; /* guards head, tail, count */
+    pthread_cond_t drained;
+    lq_change *head, *tail;
+    size_t count;
+};
+
+static int64_t now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/*---- message parsing ---------------------------------------------------------*/
+
+/* Makes sure a Parse object carries its className (the SDK needs it). */
+static int object_ok(json_t *obj, const char *class_name)
+{
+    if (!json_is_object(obj) || !json_is_string(json_object_get(obj, "objectId")))
+        return 0;
+    json_t *cn = json_object_get(obj, "className");
+    if (cn == NULL)
+        json_object_set_new(obj, "className", json_string(class_name));
+    else if (!json_is_string(cn) || strcmp(json_string_value(cn), class_name) != 0)
+        return 0;
+    return 1;
+}
+
+lq_change *lq_bus_parse(lq_bus_channel kind, const char *payload, size_t len, const char **reason)
+{
+    json_error_t jerr;
+    json_t *root = json_loadb(payload, len, JSON_REJECT_DUPLICATES, &jerr);
+    lq_change *ev = NULL;
+    json_t *object, *original, *v;
+    const char *class_name;
+
+    if (!json_is_object(root)) {
+        *reason = root ? "not a JSON object" : "not JSON";
+        goto fail;
+    }
+    ev = lq_xcalloc(1, sizeof(*ev));
+    if (kind == LQ_BUS_OURS) {
+        const char *op;
+        v = json_object_get(root, "v");
+        if (!json_is_integer(v) || json_integer_value(v) != 1) {
+            *reason = "unsupported or missing version v";
+            goto fail;
+        }
+        class_name = json_string_value(json_object_get(root, "className"));
+        op = json_string_value(json_object_get(root, "op"));
+        object = json_object_get(root, "object");
+        original = json_object_get(root, "original");
+        if (op == NULL) {
+            *reason = "missing op";
+            goto fail;
+        } else if (strcmp(op, "create") == 0) {
+            ev->op = LQ_CHANGE_CREATE;
+        } else if (strcmp(op, "update") == 0) {
+            ev->op = LQ_CHANGE_UPDATE;
+        } else if (strcmp(op, "delete") == 0) {
+            ev->op = LQ_CHANGE_DELETE;
+        } else {
+            *reason = "op is not create, update or delete";
+            goto fail;
+        }
+        v = json_object_get(root, "seq");
+        if (v && (!json_is_integer(v) || json_integer_value(v) < 1)) {
+            *reason = "seq is not a positive integer";
+            goto fail;
+        }
+        ev->seq = v ? json_integer_value(v) : 0;
+        v = json_object_get(root, "ts");
+        if (v && !json_is_integer(v)) {
+            *reason = "ts is not an integer";
+            goto fail;
+        }
+        ev->ts_ms = v ? json_integer_value(v) : 0;
+    } else {
+        object = json_object_get(root, "currentParseObject");
+        original = json_object_get(root, "originalParseObject");
+        class_name = json_string_value(json_object_get(object, "className"));
+        ev->op = kind == LQ_BUS_PARSE_DELETE ? LQ_CHANGE_DELETE
+                 : original                  ? LQ_CHANGE_UPDATE
+                                             : LQ_CHANGE_CREATE;
+    }
+    if (!lq_class_name_valid(class_name)) {
+        *reason = "missing or invalid className";
+        goto fail;
+    }
+    strcpy(ev->class_name, class_name); /* length checked by lq_class_name_valid */
+    if (!object_ok(object, ev->class_name)) {
+        *reason = "object is missing, has no objectId, or names another class";
+        goto fail;
+    }
+    if (original && !json_is_null(original) && ev->op == LQ_CHANGE_UPDATE) {
+        if (!object_ok(original, ev->class_name)) {
+            *reason = "original is not an object of the same class";
+            goto fail;
+        }
+        ev->original = json_incref(original);
+    } else if (original && !json_is_null(original) && !json_is_object(original)) {
+        *reason = "original is not an object";
+        goto fail;
+    }
+    ev->object = json_incref(object);
+    json_decref(root);
+    return ev;
+fail:
+    json_decref(root);
+    lq_change_free(ev);
+    return NULL;
+}
+
+/*---- queue -------------------------------------------------------------------*/
+
+static void enqueue(lq_bus *b, lq_change *ev)
+{
+    int was_empty;
+
+    pthread_mutex_lock(&b->lock);
+    /* backpressure: while the service thread is this far behind, stop reading
+     * Redis (Redis buffers for us, up to its pubsub output limit) */
+    while (b->count >= QUEUE_MAX && !atomic_load(&b->stopping)) {
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        ts.tv_nsec += 100 * 1000000;
+        if (ts.tv_nsec >= 1000000000) {
+            ts.tv_sec++;
+            ts.tv_nsec -= 1000000000;
+        }
+        pthread_cond_timedwait(&b->drained, &b->lock, &ts);
+    }
+    was_empty = b->head == NULL;
+    ev->next = NULL;
+    if (b->tail)
+        b->tail->next = ev;
+    else
+        b->head = ev;
+    b->tail = ev;
+    b->count++;
+    pthread_mutex_unlock(&b->lock);
+    if (was_empty)
+        b->notify(b->ud);
+}
+
+lq_change *lq_bus_take(lq_bus *b)
+{
+    lq_change *list;
+
+    pthread_mutex_lock(&b->lock);
+    list = b->head;
+    b->head = b->tail = NULL;
+    b->count = 0;
+    pthread_cond_signal(&b->drained);
+    pthread_mutex_unlock(&b->lock);
+    return list;
+}
+
+/*---- the subscriber thread ---------------------------------------------------*/
+
+/* Sleeps ms, or less when asked to stop. Returns 1 when stopping. */
+static int nap(lq_bus *b, int ms)
+{
+    struct pollfd p = {b->stop_pipe[0], POLLIN, 0};
+    poll(&p, 1, ms);
+    return atomic_load(&b->stopping);
+}
+
+static void handle_reply(lq_bus *b, redisReply *rep)
+{
+    if (rep->type != REDIS_REPLY_ARRAY || rep->elements < 3 ||
+        rep->element[0]->type != REDIS_REPLY_STRING)
+        return; /* PONG and other replies only prove Redis is alive */
+    if (strcmp(rep->element[0]->str, "subscribe") == 0) {
+        if (rep->element[2]->type == REDIS_REPLY_INTEGER && rep->element[2]->integer == 3) {
+            atomic_store(&b->connected, 1);
+            LQ_METRIC_SET(bus_connected, 1);
+            LQ_METRIC_INC(bus_connects);
+            LQ_INFO("redis subscribed", "host=%s port=%d channel=%s", b->cfg->redis_host,
+                    b->cfg->redis_port, b->channels[0]);
+        }
+        return;
+    }
+    if (strcmp(rep->element[0]->str, "message") != 0 || rep->element[1]->type != REDIS_REPLY_STRING ||
+        rep->element[2]->type != REDIS_REPLY_STRING)
+        return;
+    const char *ch = rep->element[1]->str;
+    lq_bus_channel kind = strcmp(ch, b->channels[0]) == 0   ? LQ_BUS_OURS
+                          : strcmp(ch, b->channels[1]) == 0 ? LQ_BUS_PARSE_SAVE
+                                                            : LQ_BUS_PARSE_DELETE;
+    const char *reason = NULL;
+    lq_change *ev = lq_bus_parse(kind, rep->element[2]->str, rep->element[2]->len, &reason);
+    if (ev == NULL) {
+        LQ_METRIC_INC(bus_messages_invalid);
+        LQ_WARN("bus message dropped", "channel=%s reason=\"%s\" bytes=%zu", ch, reason,
+                rep->element[2]->len);
+        return;
+    }
+    LQ_METRIC_INC(events_in);
+    enqueue(b, ev);
+}
+
+static int flush(redisContext *c)
+{
+    int done = 0;
+    while (!done)
+        if (redisBufferWrite(c, &done) != REDIS_OK)
+            return -1;
+    return 0;
+}
+
+/* One connection's life: subscribe, then read until error or stop. */
+static void session(lq_bus *b, redisContext *c)
+{
+    int64_t last_rx = now_ms();
+    int ping_out = 0;
+
+    redisEnableKeepAlive(c);
+    if (b->cfg->redis_password) {
+        redisReply *rep = redisCommand(c, "AUTH %s", b->cfg->redis_password);
+        int ok = rep && rep->type != REDIS_REPLY_ERROR;
+        if (rep)
+            freeReplyObject(rep);
+        if (!ok) {
+            LQ_ERROR("redis refused AUTH", "host=%s port=%d", b->cfg->redis_host, b->cfg->redis_port);
+            return;
+        }
+    }
+    if (redisAppendCommand(c, "SUBSCRIBE %s %s %s", b->channels[0], b->channels[1],
+                           b->channels[2]) != REDIS_OK ||
+        flush(c))
+        return;
+    while (!atomic_load(&b->stopping)) {
+        struct pollfd p[2] = {{c->fd, POLLIN, 0}, {b->stop_pipe[0], POLLIN, 0}};
+        int n = poll(p, 2, 1000);
+        int64_t now = now_ms();
+        if (n < 0 && errno != EINTR)
+            return;
+        if (n > 0 && p[0].revents) {
+            void *rep = NULL;
+            if (redisBufferRead(c) != REDIS_OK)
+                return;
+            last_rx = now;
+            ping_out = 0;
+            while (redisGetReplyFromReader(c, &rep) == REDIS_OK && rep) {
+                handle_reply(b, rep);
+                freeReplyObject(rep);
+                rep = NULL;
+            }
+            if (c->err)
+                return;
+        }
+        if (now - last_rx > DEAD_AFTER_MS) {
+            LQ_WARN("redis stopped answering", "host=%s port=%d silent_ms=%lld", b->cfg->redis_host,
+                    b->cfg->redis_port, (long long)(now - last_rx));
+            return;
+        }
+        if (now - last_rx > PING_AFTER_MS && !ping_out) {
+            if (redisAppendCommand(c, "PING") != REDIS_OK || flush(c))
+                return;
+            ping_out = 1;
+        }
+    }
+}
+
+static void *bus_main(void *arg)
+{
+    lq_bus *b = arg;
+    int backoff = BACKOFF_MIN_MS, failures = 0;
+
+    while (!atomic_load(&b->stopping)) {
+        struct timeval tv = {2, 0};
+        redisContext *c = redisConnectWithTimeout(b->cfg->redis_host, b->cfg->redis_port, tv);
+        if (c == NULL || c->err) {
+            if (failures++ == 0 || failures % 20 == 0)
+                LQ_WARN("redis unreachable, retrying", "host=%s port=%d error=\"%s\" attempts=%d",
+                        b->cfg->redis_host, b->cfg->redis_port, c ? c->errstr : "no memory",
+                        failures);
+            if (c)
+                redisFree(c);
+            if (nap(b, backoff))
+                break;
+            backoff = backoff * 2 > BACKOFF_MAX_MS ? BACKOFF_MAX_MS : backoff * 2;
+            continue;
+        }
+        failures = 0;
+        backoff = BACKOFF_MIN_MS;
+        session(b, c);
+        if (atomic_exchange(&b->connected, 0)) {
+            LQ_METRIC_SET(bus_connected, 0);
+            if (!atomic_load(&b->stopping))
+                LQ_WARN("redis connection lost, reconnecting", "host=%s port=%d error=\"%s\"",
+                        b->cfg->redis_host, b->cfg->redis_port, c->err ? c->errstr : "closed");
+        }
+        redisFree(c);
+        if (!atomic_load(&b->stopping) && nap(b, BACKOFF_MIN_MS))
+            break;
+    }
+    return NULL;
+}
+
+/*---- lifetime ----------------------------------------------------------------*/
+
+static char *format(const char *a, const char *b2, const char *c)
+{
+    lq_buf s;
+    lq_buf_init(&s);
+    lq_buf_puts(&s, a);
+    lq_buf_puts(&s, b2);
+    lq_buf_puts(&s, c);
+    return s.data;
+}
+
+lq_bus *lq_bus_new(const lq_config *cfg, lq_bus_notify_fn notify, void *ud)
+{
+    lq_bus *b = lq_xcalloc(1, sizeof(*b));
+
+    b->cfg = cfg;
+    b->notify = notify;
+    b->ud = ud;
+    b->channels[0] = format(cfg->channel_prefix, cfg->app_id, ":changes");
+    b->channels[1] = format("", cfg->app_id, "afterSave");
+    b->channels[2] = format("", cfg->app_id, "afterDelete");
+    pthread_mutex_init(&b->lock, NULL);
+    pthread_cond_init(&b->drained, NULL);
+    if (pipe(b->stop_pipe) != 0)
+        b->stop_pipe[0] = b->stop_pipe[1] = -1;
+    return b;
+}
+
+int lq_bus_start(lq_bus *b)
+{
+    if (b->stop_pipe[0] < 0 || pthread_create(&b->thread, NULL, bus_main, b) != 0)
+        return LQ_ERR;
+    b->started = 1;
+    return LQ_OK;
+}
+
+void lq_bus_stop(lq_bus *b)
+{
+    if (!b->started)
+        return;
+    atomic_store(&b->stopping, 1);
+    if (write(b->stop_pipe[1], "x", 1) < 0) {
+        /* the thread still sees `stopping` within its poll timeout */
+    }
+    pthread_mutex_lock(&b->lock);
+    pthread_cond_signal(&b->drained);
+    pthread_mutex_unlock(&b->lock);
+    pthread_join(b->thread, NULL);
+    b->started = 0;
+}
+
+void lq_bus_free(lq_bus *b)
+{
+    lq_change *ev, *next;
+
+    if (b == NULL)
+        return;
+    lq_bus_stop(b);
+    for (ev = lq_bus_take(b); ev; ev = next) {
+        next = ev->next;
+        lq_change_free(ev);
+    }
+    for (int i = 0; i < 3; i++)
+        free(b->channels[i]);
+    if (b->stop_pipe[0] >= 0) {
+        close(b->stop_pipe[0]);
+        close(b->stop_pipe[1]);
+    }
+    pthread_mutex_destroy(&b->lock);
+    pthread_cond_destroy(&b->drained);
+    free(b);
+}
+
+int lq_bus_connected(const lq_bus *b)
+{
+    return atomic_load(&((lq_bus *)b)->connected);
+}
