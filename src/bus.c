@@ -150,7 +150,9 @@ fail:
 
 /*---- queue -------------------------------------------------------------------*/
 
-static void enqueue(lq_bus *b, lq_change *ev)
+/* Appends ev; returns 1 when the queue was empty (the service thread needs a
+ * wake-up, which the caller sends once per batch of replies). */
+static int enqueue(lq_bus *b, lq_change *ev)
 {
     int was_empty;
 
@@ -159,6 +161,9 @@ static void enqueue(lq_bus *b, lq_change *ev)
      * Redis (Redis buffers for us, up to its pubsub output limit) */
     while (b->count >= QUEUE_MAX && !atomic_load(&b->stopping)) {
         struct timespec ts;
+        pthread_mutex_unlock(&b->lock);
+        b->notify(b->ud); /* the batch in progress must not wait for its own wake-up */
+        pthread_mutex_lock(&b->lock);
         clock_gettime(CLOCK_REALTIME, &ts);
         ts.tv_nsec += 100 * 1000000;
         if (ts.tv_nsec >= 1000000000) {
@@ -176,8 +181,7 @@ static void enqueue(lq_bus *b, lq_change *ev)
     b->tail = ev;
     b->count++;
     pthread_mutex_unlock(&b->lock);
-    if (was_empty)
-        b->notify(b->ud);
+    return was_empty;
 }
 
 lq_change *lq_bus_take(lq_bus *b)
@@ -203,11 +207,12 @@ static int nap(lq_bus *b, int ms)
     return atomic_load(&b->stopping);
 }
 
-static void handle_reply(lq_bus *b, redisReply *rep)
+/* Handles one reply; returns 1 when the service thread must be woken. */
+static int handle_reply(lq_bus *b, redisReply *rep)
 {
     if (rep->type != REDIS_REPLY_ARRAY || rep->elements < 3 ||
         rep->element[0]->type != REDIS_REPLY_STRING)
-        return; /* PONG and other replies only prove Redis is alive */
+        return 0; /* PONG and other replies only prove Redis is alive */
     if (strcmp(rep->element[0]->str, "subscribe") == 0) {
         if (rep->element[2]->type == REDIS_REPLY_INTEGER && rep->element[2]->integer == 3) {
             atomic_store(&b->connected, 1);
@@ -216,11 +221,11 @@ static void handle_reply(lq_bus *b, redisReply *rep)
             LQ_INFO("redis subscribed", "host=%s port=%d channel=%s", b->cfg->redis_host,
                     b->cfg->redis_port, b->channels[0]);
         }
-        return;
+        return 0;
     }
     if (strcmp(rep->element[0]->str, "message") != 0 || rep->element[1]->type != REDIS_REPLY_STRING ||
         rep->element[2]->type != REDIS_REPLY_STRING)
-        return;
+        return 0;
     const char *ch = rep->element[1]->str;
     lq_bus_channel kind = strcmp(ch, b->channels[0]) == 0   ? LQ_BUS_OURS
                           : strcmp(ch, b->channels[1]) == 0 ? LQ_BUS_PARSE_SAVE
@@ -231,10 +236,10 @@ static void handle_reply(lq_bus *b, redisReply *rep)
         LQ_METRIC_INC(bus_messages_invalid);
         LQ_WARN("bus message dropped", "channel=%s reason=\"%s\" bytes=%zu", ch, reason,
                 rep->element[2]->len);
-        return;
+        return 0;
     }
     LQ_METRIC_INC(events_in);
-    enqueue(b, ev);
+    return enqueue(b, ev);
 }
 
 static int flush(redisContext *c)
@@ -275,15 +280,18 @@ static void session(lq_bus *b, redisContext *c)
             return;
         if (n > 0 && p[0].revents) {
             void *rep = NULL;
+            int wake = 0;
             if (redisBufferRead(c) != REDIS_OK)
                 return;
             last_rx = now;
             ping_out = 0;
             while (redisGetReplyFromReader(c, &rep) == REDIS_OK && rep) {
-                handle_reply(b, rep);
+                wake |= handle_reply(b, rep);
                 freeReplyObject(rep);
                 rep = NULL;
             }
+            if (wake) /* one wake-up per read, however many messages it carried */
+                b->notify(b->ud);
             if (c->err)
                 return;
         }

@@ -92,6 +92,7 @@ struct lq_registry {
     lq_client *clients;
     uint64_t stamp;
     size_t ngroups, nsubs;
+    size_t visited; /* groups evaluated by the last dispatch */
     keyset **touched; /* keysets holding bodies during a dispatch */
     size_t ntouched, cap_touched;
     lq_buf scratch;
@@ -224,6 +225,11 @@ size_t lq_registry_group_count(const lq_registry *r)
 size_t lq_registry_sub_count(const lq_registry *r)
 {
     return r->nsubs;
+}
+
+size_t lq_registry_last_visited(const lq_registry *r)
+{
+    return r->visited;
 }
 
 /*---- subscribe ---------------------------------------------------------------*/
@@ -445,6 +451,7 @@ static void visit(dispatch *d, group *g)
     if (g->stamp == d->r->stamp)
         return;
     g->stamp = d->r->stamp;
+    d->r->visited++;
     m_cur = lq_query_match(g->q, ev->object, d->now_ms);
     m_orig = has_orig && lq_query_match(g->q, ev->original, d->now_ms);
     if (!m_cur && !m_orig)
@@ -508,6 +515,7 @@ size_t lq_registry_dispatch(lq_registry *r, const lq_change *ev, int64_t now_ms,
     group *g;
     ifield *f, *ftmp;
 
+    r->visited = 0;
     HASH_FIND_STR(r->classes, ev->class_name, c);
     if (c == NULL) {
         LQ_METRIC_INC(events_unwatched);

@@ -71,5 +71,7 @@ size_t lq_registry_dispatch(lq_registry *r, const lq_change *ev, int64_t now_ms,
 /* Counts, for metrics and tests. */
 size_t lq_registry_group_count(const lq_registry *r);
 size_t lq_registry_sub_count(const lq_registry *r);
+/* Groups whose query was evaluated by the last dispatch (tests the index). */
+size_t lq_registry_last_visited(const lq_registry *r);
 
 #endif

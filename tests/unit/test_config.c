@@ -1,0 +1,94 @@
+/* test_config.c - flags, environment, validation messages. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "livequery/config.h"
+#include "lq_test.h"
+
+static char errbuf[1024];
+
+static int parse(lq_config *cfg, int argc, char **argv)
+{
+    FILE *out = fopen("/dev/null", "w");
+    FILE *err = fmemopen(errbuf, sizeof(errbuf), "w");
+    memset(errbuf, 0, sizeof(errbuf));
+    int rc = lq_config_parse(cfg, argc, argv, out, err);
+    fclose(out);
+    fclose(err);
+    return rc;
+}
+
+static void test_defaults_and_flags(void)
+{
+    lq_config cfg;
+    char *argv[] = {"lq", "--app-id", "bookstore", "--port=4000", "--redis-url",
+                    "redis://:secret@10.0.0.1:6380/2", "--master-key", "mk", NULL};
+
+    unsetenv("LIVEQUERY_PORT");
+    ASSERT_EQ(parse(&cfg, 8, argv), 0);
+    ASSERT_STREQ(cfg.app_id, "bookstore");
+    ASSERT_EQ(cfg.port, 4000);
+    ASSERT_STREQ(cfg.host, "127.0.0.1");
+    ASSERT_STREQ(cfg.redis_host, "10.0.0.1");
+    ASSERT_EQ(cfg.redis_port, 6380);
+    ASSERT_EQ(cfg.redis_db, 2);
+    ASSERT_STREQ(cfg.redis_password, "secret");
+    ASSERT_STREQ(cfg.master_key, "mk");
+    ASSERT_EQ(cfg.max_frame_bytes, 65536);
+    ASSERT_EQ(cfg.max_subscriptions, 256);
+    lq_config_release(&cfg);
+}
+
+static void test_env(void)
+{
+    lq_config cfg;
+    char *argv[] = {"lq", NULL};
+    char *argv2[] = {"lq", "--port", "5000", NULL};
+
+    setenv("LIVEQUERY_APP_ID", "envapp", 1);
+    setenv("LIVEQUERY_PORT", "4444", 1);
+    ASSERT_EQ(parse(&cfg, 1, argv), 0);
+    ASSERT_STREQ(cfg.app_id, "envapp");
+    ASSERT_EQ(cfg.port, 4444);
+    lq_config_release(&cfg);
+    ASSERT_EQ(parse(&cfg, 3, argv2), 0); /* the flag wins */
+    ASSERT_EQ(cfg.port, 5000);
+    lq_config_release(&cfg);
+    setenv("LIVEQUERY_PORT", "seven", 1);
+    ASSERT_EQ(parse(&cfg, 1, argv), -1);
+    ASSERT_STREQ(errbuf, "livequeryd: LIVEQUERY_PORT: 'seven' is not a whole number from 1 to 65535\n");
+    unsetenv("LIVEQUERY_PORT");
+    unsetenv("LIVEQUERY_APP_ID");
+}
+
+static void test_errors(void)
+{
+    lq_config cfg;
+    char *a1[] = {"lq", NULL};
+    char *a2[] = {"lq", "--app-id", "x", "--redis-url", "http://x", NULL};
+    char *a3[] = {"lq", "--app-id", "x", "--bogus", "1", NULL};
+    char *a4[] = {"lq", "--app-id", NULL};
+    char *a5[] = {"lq", "--app-id", "x", "--max-queue-bytes", "10", NULL};
+    char *a6[] = {"lq", "--help", NULL};
+
+    ASSERT_EQ(parse(&cfg, 1, a1), -1);
+    ASSERT_STREQ(errbuf, "livequeryd: --app-id (or LIVEQUERY_APP_ID) is required\n");
+    ASSERT_EQ(parse(&cfg, 5, a2), -1);
+    ASSERT_STREQ(errbuf, "livequeryd: --redis-url: 'http://x' is not a redis:// URL\n");
+    ASSERT_EQ(parse(&cfg, 5, a3), -1);
+    ASSERT_STREQ(errbuf, "livequeryd: unknown option '--bogus' (see --help)\n");
+    ASSERT_EQ(parse(&cfg, 2, a4), -1);
+    ASSERT_STREQ(errbuf, "livequeryd: --app-id needs a value\n");
+    ASSERT_EQ(parse(&cfg, 5, a5), -1);
+    ASSERT_TRUE(strstr(errbuf, "--max-queue-bytes: '10' is not a whole number from 4096") != NULL);
+    ASSERT_EQ(parse(&cfg, 2, a6), 1);
+}
+
+int main(int argc, char **argv)
+{
+    static const lq_test_case cases[] = {{"defaults_and_flags", test_defaults_and_flags},
+                                         {"env", test_env},
+                                         {"errors", test_errors},
+                                         {NULL, NULL}};
+    return lq_test_run(cases, argc, argv);
+}

@@ -1,0 +1,109 @@
+/* test_proto.c - request vectors (protocol/vectors/requests.txt) and encoders. */
+#include <stdio.h>
+#include <string.h>
+
+#include "livequery/proto.h"
+#include "lq_test.h"
+
+static const char *op_name(lq_op op)
+{
+    static const char *const n[] = {"connect", "subscribe", "update", "unsubscribe"};
+    return n[op];
+}
+
+static void test_vectors(void)
+{
+    FILE *f = fopen(LQ_SOURCE_DIR "/protocol/vectors/requests.txt", "r");
+    char line[8192], input[8192] = "";
+    int groups = 0, lineno = 0;
+
+    ASSERT_TRUE(f != NULL);
+    while (fgets(line, sizeof(line), f)) {
+        lineno++;
+        line[strcspn(line, "\n")] = '\0';
+        if (strncmp(line, "> ", 2) == 0) {
+            snprintf(input, sizeof(input), "%s", line + 2);
+            continue;
+        }
+        if (strncmp(line, "< ", 2) != 0)
+            continue;
+        const char *want = line + 2;
+        lq_request req;
+        lq_error err = {0, ""};
+        char got[512];
+        lq_parse_result r = lq_proto_parse(input, strlen(input), 64, &req, &err);
+        switch (r) {
+        case LQ_PARSE_OK:
+            snprintf(got, sizeof(got), "ok %s", op_name(req.op));
+            lq_request_release(&req);
+            break;
+        case LQ_PARSE_IGNORE:
+            snprintf(got, sizeof(got), "ignore");
+            break;
+        default:
+            snprintf(got, sizeof(got), "error %d %s %s", err.code,
+                     r == LQ_PARSE_ERROR ? "true" : "false", err.text);
+        }
+        if (strcmp(got, want) != 0) {
+            fprintf(stderr, "requests.txt:%d: input %s\n", lineno, input);
+            ASSERT_STREQ(got, want);
+        }
+        groups++;
+    }
+    fclose(f);
+    ASSERT_TRUE(groups >= 30);
+}
+
+static void test_fields(void)
+{
+    const char *s = "{\"op\":\"subscribe\",\"requestId\":7,\"query\":{\"className\":\"A\","
+                    "\"where\":{\"x\":1},\"keys\":[\"k\"],\"watch\":[\"w\"]},\"sessionToken\":\"r:t\"}";
+    lq_request req;
+    lq_error err;
+
+    ASSERT_EQ(lq_proto_parse(s, strlen(s), 64, &req, &err), LQ_PARSE_OK);
+    ASSERT_EQ(req.op, LQ_OP_SUBSCRIBE);
+    ASSERT_TRUE(req.request_id == 7);
+    ASSERT_STREQ(req.class_name, "A");
+    ASSERT_STREQ(req.session_token, "r:t");
+    ASSERT_EQ(json_array_size(req.keys), 1);
+    ASSERT_EQ(json_array_size(req.watch), 1);
+    ASSERT_TRUE(json_is_object(req.where));
+    lq_request_release(&req);
+}
+
+static void test_encoders(void)
+{
+    lq_buf ids, b;
+    lq_error err;
+
+    lq_buf_init(&ids);
+    lq_buf_init(&b);
+    lq_proto_ids(&ids, "C", NULL);
+    lq_proto_reply(&b, "connected", &ids, 0, 0);
+    ASSERT_STREQ(b.data, "{\"op\":\"connected\",\"clientId\":\"C\"}");
+    b.len = 0;
+    lq_proto_ids(&ids, "C", "in\"st");
+    lq_proto_reply(&b, "subscribed", &ids, 1, 3);
+    ASSERT_STREQ(b.data, "{\"op\":\"subscribed\",\"clientId\":\"C\",\"installationId\":\"in\\\"st\",\"requestId\":3}");
+    b.len = 0;
+    lq_error_set(&err, 102, "$or must be an array");
+    lq_proto_error(&b, &err, 0, 1, 9);
+    ASSERT_STREQ(b.data, "{\"op\":\"error\",\"error\":\"$or must be an array\",\"code\":102,\"reconnect\":false,\"requestId\":9}");
+    b.len = 0;
+    lq_error_set(&err, 1, "No enum match for: \"x\"");
+    lq_proto_error(&b, &err, 1, 0, 0);
+    ASSERT_STREQ(b.data, "{\"op\":\"error\",\"error\":\"No enum match for: \\\"x\\\"\",\"code\":1,\"reconnect\":true,\"requestId\":null}");
+    b.len = 0;
+    lq_proto_event_head(&b, "update", &ids, 1.5);
+    ASSERT_STREQ(b.data, "{\"op\":\"update\",\"clientId\":\"C\",\"installationId\":\"in\\\"st\",\"requestId\":1.5,");
+    lq_buf_release(&ids);
+    lq_buf_release(&b);
+}
+
+int main(int argc, char **argv)
+{
+    static const lq_test_case cases[] = {
+        {"vectors", test_vectors}, {"fields", test_fields}, {"encoders", test_encoders}, {NULL, NULL}};
+    return lq_test_run(cases, argc, argv);
+}

@@ -1,0 +1,234 @@
+/* test_registry.c - groups, the equality index, fan-out rules, limits. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "livequery/registry.h"
+#include "lq_test.h"
+
+typedef struct got {
+    void *conn;
+    lq_event_type type;
+    double rid;
+    lq_body *body;
+} got;
+
+static got deliveries[64];
+static size_t ndeliveries;
+
+static void record(void *conn, lq_body *body, lq_event_type type, double rid, void *ud)
+{
+    (void)ud;
+    if (ndeliveries < 64) {
+        lq_body_incref(body);
+        deliveries[ndeliveries++] = (got){conn, type, rid, body};
+    }
+}
+
+static void reset(void)
+{
+    for (size_t i = 0; i < ndeliveries; i++)
+        lq_body_decref(deliveries[i].body);
+    ndeliveries = 0;
+}
+
+static lq_registry *new_registry(int max_subs)
+{
+    lq_registry_limits lim;
+    lq_query_limits_default(&lim.query);
+    lim.max_subscriptions = max_subs;
+    lim.max_query_bytes = 4096;
+    return lq_registry_new(&lim);
+}
+
+static int subscribe(lq_registry *r, lq_client *c, const char *frame, lq_error *err)
+{
+    lq_request req;
+    lq_error perr;
+    if (lq_proto_parse(frame, strlen(frame), 64, &req, &perr) != LQ_PARSE_OK)
+        return -100;
+    int rc = lq_registry_subscribe(r, c, &req, err);
+    lq_request_release(&req);
+    return rc;
+}
+
+static size_t publish(lq_registry *r, lq_change_op op, const char *cls, const char *obj,
+                      const char *orig)
+{
+    json_error_t e;
+    lq_change ev;
+    memset(&ev, 0, sizeof(ev));
+    strcpy(ev.class_name, cls);
+    ev.op = op;
+    ev.object = json_loads(obj, 0, &e);
+    ev.original = orig ? json_loads(orig, 0, &e) : NULL;
+    size_t n = lq_registry_dispatch(r, &ev, 0, record, NULL);
+    json_decref(ev.object);
+    json_decref(ev.original);
+    return n;
+}
+
+#define SUB(rid, cls, where) \
+    "{\"op\":\"subscribe\",\"requestId\":" #rid ",\"query\":{\"className\":\"" cls "\",\"where\":" where "}}"
+
+static void test_groups_share(void)
+{
+    lq_registry *r = new_registry(10);
+    int a, b;
+    lq_client *ca = lq_registry_client_new(r, &a, 0), *cb = lq_registry_client_new(r, &b, 0);
+    lq_error err;
+
+    ASSERT_EQ(subscribe(r, ca, SUB(1, "B", "{\"q\":{\"$gt\":5},\"s\":\"x\"}"), &err), LQ_OK);
+    ASSERT_EQ(subscribe(r, cb, SUB(1, "B", "{\"s\":\"x\",\"q\":{\"$gt\":5.0}}"), &err), LQ_OK);
+    ASSERT_EQ(lq_registry_group_count(r), 1);
+    ASSERT_EQ(subscribe(r, cb, SUB(2, "B", "{\"s\":\"y\"}"), &err), LQ_OK);
+    ASSERT_EQ(lq_registry_group_count(r), 2);
+    ASSERT_EQ(lq_registry_sub_count(r), 3);
+
+    ASSERT_EQ(publish(r, LQ_CHANGE_CREATE, "B", "{\"objectId\":\"o\",\"q\":6,\"s\":\"x\"}", NULL), 2);
+    ASSERT_EQ(deliveries[0].type, LQ_EV_CREATE);
+    ASSERT_TRUE(deliveries[0].body == deliveries[1].body); /* serialized once */
+    reset();
+    /* same requestId again replaces; unsubscribing the last member frees the group */
+    ASSERT_EQ(subscribe(r, cb, SUB(2, "B", "{\"s\":\"z\"}"), &err), LQ_OK);
+    ASSERT_EQ(lq_registry_sub_count(r), 3);
+    ASSERT_EQ(lq_registry_unsubscribe(r, cb, 2), LQ_OK);
+    ASSERT_EQ(lq_registry_unsubscribe(r, cb, 2), LQ_ERR_NOTFOUND);
+    ASSERT_EQ(lq_registry_group_count(r), 1);
+    lq_registry_client_free(r, ca);
+    ASSERT_EQ(lq_registry_sub_count(r), 1);
+    lq_registry_free(r); /* frees cb too */
+}
+
+static void test_transitions(void)
+{
+    lq_registry *r = new_registry(10);
+    int a;
+    lq_client *c = lq_registry_client_new(r, &a, 0);
+    lq_error err;
+    const char *o10 = "{\"objectId\":\"o\",\"q\":10}", *o3 = "{\"objectId\":\"o\",\"q\":3}",
+               *o8 = "{\"objectId\":\"o\",\"q\":8}";
+
+    ASSERT_EQ(subscribe(r, c, SUB(1, "B", "{\"q\":{\"$gt\":5}}"), &err), LQ_OK);
+    publish(r, LQ_CHANGE_CREATE, "B", o10, NULL);
+    publish(r, LQ_CHANGE_UPDATE, "B", o3, o10);
+    ASSERT_EQ(publish(r, LQ_CHANGE_UPDATE, "B", "{\"objectId\":\"o\",\"q\":4}", o3), 0);
+    publish(r, LQ_CHANGE_UPDATE, "B", o8, o3);
+    publish(r, LQ_CHANGE_UPDATE, "B", o10, o8);
+    publish(r, LQ_CHANGE_DELETE, "B", o10, NULL);
+    ASSERT_EQ(publish(r, LQ_CHANGE_CREATE, "B", "{\"objectId\":\"p\",\"q\":2}", NULL), 0);
+    ASSERT_EQ(publish(r, LQ_CHANGE_CREATE, "Other", o10, NULL), 0);
+    ASSERT_EQ(ndeliveries, 5);
+    ASSERT_EQ(deliveries[0].type, LQ_EV_CREATE);
+    ASSERT_EQ(deliveries[1].type, LQ_EV_LEAVE);
+    ASSERT_EQ(deliveries[2].type, LQ_EV_ENTER);
+    ASSERT_EQ(deliveries[3].type, LQ_EV_UPDATE);
+    ASSERT_EQ(deliveries[4].type, LQ_EV_DELETE);
+    ASSERT_TRUE(strstr(deliveries[1].body->data, "\"original\":{\"objectId\":\"o\",\"q\":10}") != NULL);
+    ASSERT_TRUE(strstr(deliveries[4].body->data, "original") == NULL);
+    ASSERT_TRUE(deliveries[0].rid == 1);
+    reset();
+    lq_registry_free(r);
+}
+
+static void test_index(void)
+{
+    lq_registry *r = new_registry(100000);
+    int a;
+    lq_client *c = lq_registry_client_new(r, &a, 0);
+    lq_error err;
+    char frame[256];
+
+    for (int i = 0; i < 2000; i++) {
+        snprintf(frame, sizeof(frame), SUB(%d, "B", "{\"isbn\":\"978-%d\"}"), i + 1, i);
+        ASSERT_EQ(subscribe(r, c, frame, &err), LQ_OK);
+    }
+    ASSERT_EQ(subscribe(r, c, SUB(5000, "B", "{\"q\":{\"$lt\":0}}"), &err), LQ_OK); /* unindexed */
+    ASSERT_EQ(lq_registry_group_count(r), 2001);
+    ASSERT_EQ(publish(r, LQ_CHANGE_CREATE, "B", "{\"objectId\":\"o\",\"isbn\":\"978-1234\",\"q\":1}", NULL), 1);
+    ASSERT_TRUE(deliveries[0].rid == 1235);
+    ASSERT_EQ(lq_registry_last_visited(r), 2); /* its bucket + the unindexed group, not 2001 */
+    reset();
+    /* an update moving isbn from one value to another reaches both buckets */
+    ASSERT_EQ(publish(r, LQ_CHANGE_UPDATE, "B", "{\"objectId\":\"o\",\"isbn\":\"978-7\"}",
+                      "{\"objectId\":\"o\",\"isbn\":\"978-6\"}"), 2);
+    ASSERT_EQ(deliveries[0].type + deliveries[1].type, LQ_EV_ENTER + LQ_EV_LEAVE);
+    reset();
+    /* equality on an array field means contains */
+    ASSERT_EQ(publish(r, LQ_CHANGE_CREATE, "B", "{\"objectId\":\"o\",\"isbn\":[\"x\",\"978-9\"]}", NULL), 1);
+    ASSERT_TRUE(deliveries[0].rid == 10);
+    reset();
+    lq_registry_free(r);
+}
+
+static void test_acl_and_watch(void)
+{
+    lq_registry *r = new_registry(10);
+    int a, m;
+    lq_client *plain = lq_registry_client_new(r, &a, 0), *master = lq_registry_client_new(r, &m, 1);
+    lq_error err;
+
+    ASSERT_EQ(subscribe(r, plain, SUB(1, "B", "{}"), &err), LQ_OK);
+    ASSERT_EQ(subscribe(r, master, SUB(1, "B", "{}"), &err), LQ_OK);
+    ASSERT_EQ(publish(r, LQ_CHANGE_CREATE, "B", "{\"objectId\":\"o\",\"ACL\":{\"u1\":{\"read\":true}}}", NULL), 1);
+    ASSERT_TRUE(deliveries[0].conn == &m);
+    reset();
+    /* losing public read: the plain client sees a leave, the master an update */
+    ASSERT_EQ(publish(r, LQ_CHANGE_UPDATE, "B", "{\"objectId\":\"o\",\"ACL\":{}}",
+                      "{\"objectId\":\"o\",\"ACL\":{\"*\":{\"read\":true}}}"), 2);
+    for (size_t i = 0; i < 2; i++)
+        ASSERT_EQ(deliveries[i].type, deliveries[i].conn == &a ? LQ_EV_LEAVE : LQ_EV_UPDATE);
+    reset();
+
+    const char *w = "{\"op\":\"subscribe\",\"requestId\":2,\"query\":{\"className\":\"B\",\"where\":{},"
+                    "\"watch\":[\"status\"],\"keys\":[\"status\"]}}";
+    ASSERT_EQ(subscribe(r, plain, w, &err), LQ_OK);
+    ASSERT_EQ(publish(r, LQ_CHANGE_UPDATE, "B", "{\"objectId\":\"o\",\"status\":\"a\",\"n\":2}",
+                      "{\"objectId\":\"o\",\"status\":\"a\",\"n\":1}"), 2); /* rid 1 twice, not rid 2 */
+    reset();
+    ASSERT_EQ(publish(r, LQ_CHANGE_UPDATE, "B", "{\"objectId\":\"o\",\"status\":\"b\",\"n\":2}",
+                      "{\"objectId\":\"o\",\"status\":\"a\",\"n\":2}"), 3);
+    for (size_t i = 0; i < 3; i++)
+        if (deliveries[i].rid == 2)
+            ASSERT_TRUE(strstr(deliveries[i].body->data, "\"n\"") == NULL);
+    reset();
+    lq_registry_free(r);
+}
+
+static void test_errors(void)
+{
+    lq_registry *r = new_registry(2);
+    int a;
+    lq_client *c = lq_registry_client_new(r, &a, 0);
+    lq_error err;
+
+    ASSERT_EQ(subscribe(r, c, SUB(1, "A-B", "{}"), &err), LQ_ERR);
+    ASSERT_EQ(err.code, 102);
+    ASSERT_STREQ(err.text, "invalid className: A-B");
+    ASSERT_EQ(subscribe(r, c, SUB(1, "A", "{\"$or\":{}}"), &err), LQ_ERR);
+    ASSERT_EQ(err.code, 102);
+    ASSERT_EQ(subscribe(r, c, SUB(1, "A", "{}"), &err), LQ_OK);
+    ASSERT_EQ(subscribe(r, c, SUB(2, "A", "{}"), &err), LQ_OK);
+    ASSERT_EQ(subscribe(r, c, SUB(3, "A", "{}"), &err), LQ_ERR);
+    ASSERT_EQ(err.code, 155);
+    ASSERT_STREQ(err.text, "too many subscriptions on this connection (limit 2)");
+    ASSERT_EQ(subscribe(r, c, SUB(2, "A", "{\"x\":1}"), &err), LQ_OK); /* replacing is not adding */
+    char big[6000];
+    int n = snprintf(big, sizeof(big), "{\"op\":\"subscribe\",\"requestId\":1,\"query\":{\"className\":\"A\",\"where\":{\"x\":\"");
+    memset(big + n, 'a', 4200);
+    strcpy(big + n + 4200, "\"}}}");
+    ASSERT_EQ(subscribe(r, c, big, &err), LQ_ERR);
+    ASSERT_STREQ(err.text, "query is larger than 4096 bytes");
+    ASSERT_EQ(lq_registry_client_count(c), 2);
+    lq_registry_free(r);
+}
+
+int main(int argc, char **argv)
+{
+    static const lq_test_case cases[] = {{"groups_share", test_groups_share},
+                                         {"transitions", test_transitions},
+                                         {"index", test_index},
+                                         {"acl_and_watch", test_acl_and_watch},
+                                         {"errors", test_errors},
+                                         {NULL, NULL}};
+    return lq_test_run(cases, argc, argv);
+}
