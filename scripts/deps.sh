@@ -6,7 +6,11 @@ cd "$(dirname "$0")/.."
 
 PKGS=(build-essential cmake pkg-config
       libwebsockets-dev libhiredis-dev libjansson-dev libpcre2-dev libssl-dev libuv1-dev uthash-dev
-      redis-server nodejs npm)
+      redis-server)
+# Node.js and npm only from Debian when the machine has none (an image may ship its own,
+# which Debian's npm package would conflict with).
+command -v node >/dev/null 2>&1 || PKGS+=(nodejs)
+command -v npm >/dev/null 2>&1 || PKGS+=(npm)
 
 missing=()
 for p in "${PKGS[@]}"; do

@@ -383,7 +383,7 @@ int lq_bus_start(lq_bus *b)
 
 void lq_bus_stop(lq_bus *b)
 {
-    if (!b->started)
+    if (b == NULL || !b->started)
         return;
     atomic_store(&b->stopping, 1);
     if (write(b->stop_pipe[1], "x", 1) < 0) {

@@ -20,6 +20,7 @@
 #include "livequery/gateway.h"
 
 #include <libwebsockets.h>
+#include <utlist.h>
 #include <signal.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -38,6 +39,7 @@
 #define BATCH_BYTES (64 * 1024)  /* bytes framed into one lws_write */
 #define FRAME_HEAD_EST 64        /* head bytes besides ids, for queue accounting */
 #define SLOW_CLOSE_SECS 5        /* a culled client that never reads is cut after this */
+#define DRAIN_MS 3000            /* at shutdown, how long clients get to take their close */
 
 typedef struct qentry {
     lq_body *body;
@@ -49,6 +51,8 @@ typedef struct qentry {
  * It is ONLY read or written from the lws service thread. */
 typedef struct conn {
     struct lws *wsi;
+    struct lq_gateway *gw;
+    struct conn *prev, *next; /* in gw->conns */
     lq_client *client;   /* NULL until `connect` succeeded */
     char client_id[37];
     lq_buf ids;          /* "clientId":"…","installationId":"…" */
@@ -72,7 +76,11 @@ struct lq_gateway {
     lq_bus *bus;
     lws_retry_bo_t retry;
     volatile sig_atomic_t stop;
+    int draining;   /* shutting down: closing every connection with 1001 */
+    lws_sorted_usec_list_t drain_tick;
+    conn *conns;
     int nconns;
+    int64_t queued_bytes; /* sum of every conn.qbytes; a plain field: one thread */
     lq_buf out;     /* LWS_PRE + a batch of frames */
     lq_buf scratch; /* one frame or head at a time */
 };
@@ -99,7 +107,8 @@ static void queue_clear(conn *c)
         c->qhead = (c->qhead + 1) % c->qcap;
         c->qlen--;
     }
-    LQ_METRIC_ADD(queued_bytes, -(int64_t)c->qbytes);
+    if (c->qbytes)
+        c->gw->queued_bytes -= (int64_t)c->qbytes;
     c->qbytes = 0;
 }
 
@@ -123,7 +132,7 @@ static void push(conn *c, lq_body *body, int type, double rid)
     c->qlen++;
     size_t n = entry_bytes(c, e);
     c->qbytes += n;
-    LQ_METRIC_ADD(queued_bytes, n);
+    c->gw->queued_bytes += (int64_t)n;
     if (c->qlen == 1)
         lws_callback_on_writable(c->wsi);
 }
@@ -171,10 +180,7 @@ static void enqueue(lq_gateway *gw, conn *c, lq_body *body, int type, double rid
 static void send_frame(lq_gateway *gw, conn *c, const lq_buf *frame)
 {
     lq_body *b = lq_body_new(frame->data, frame->len);
-    if (c->closing && c->qlen == 0 && c->qbytes == 0)
-        push(c, b, -1, 0); /* the last words of a closing connection */
-    else
-        enqueue(gw, c, b, -1, 0);
+    enqueue(gw, c, b, -1, 0);
     lq_body_decref(b);
 }
 
@@ -244,7 +250,7 @@ static int write_batch(lq_gateway *gw, conn *c)
         c->qlen--;
     }
     c->qbytes -= freed;
-    LQ_METRIC_ADD(queued_bytes, -(int64_t)freed);
+    gw->queued_bytes -= (int64_t)freed;
     size_t n = out->len - LWS_PRE;
     if (lws_write(c->wsi, (unsigned char *)out->data + LWS_PRE, n, LWS_WRITE_RAW) < (int)n)
         return -1;
@@ -395,7 +401,6 @@ static void on_message(lq_gateway *gw, conn *c, const char *buf, size_t len, int
 
 static void deliver(void *connp, lq_body *body, lq_event_type type, double rid, void *ud)
 {
-    LQ_METRIC_INC(deliveries);
     enqueue(ud, connp, body, type, rid);
 }
 
@@ -404,11 +409,14 @@ static void drain_bus(lq_gateway *gw)
     lq_change *ev, *next;
     int64_t now = wall_ms();
 
+    size_t n = 0;
+
     for (ev = lq_bus_take(gw->bus); ev; ev = next) {
         next = ev->next;
-        lq_registry_dispatch(gw->reg, ev, now, deliver, gw);
+        n += lq_registry_dispatch(gw->reg, ev, now, deliver, gw);
         lq_change_free(ev);
     }
+    LQ_METRIC_ADD(deliveries, n); /* once per batch: no atomic per delivery */
 }
 
 /*---- HTTP: /health and /metrics ------------------------------------------------*/
@@ -428,6 +436,7 @@ static int http_request(lq_gateway *gw, conn *c, struct lws *wsi, const char *pa
         lq_buf_puts(&body, tmp);
         type = "application/json";
     } else if (strcmp(path, "/metrics") == 0) {
+        LQ_METRIC_SET(queued_bytes, gw->queued_bytes);
         lq_buf_reserve(&body, 8192);
         body.len = lq_metrics_render(body.data, body.cap);
         type = "text/plain; version=0.0.4";
@@ -480,6 +489,7 @@ static void conn_release(lq_gateway *gw, conn *c)
     free(c->http_body);
     c->http_body = NULL;
     if (c->counted) {
+        DL_DELETE(gw->conns, c);
         gw->nconns--;
         LQ_METRIC_ADD(connections, -1);
         c->counted = 0;
@@ -527,9 +537,14 @@ static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *use
 
     case LWS_CALLBACK_ESTABLISHED:
         c->wsi = wsi;
+        c->gw = gw;
         lq_buf_init(&c->ids);
         lq_buf_init(&c->rx);
         LQ_METRIC_INC(connections_total);
+        if (gw->draining) {
+            lws_close_reason(wsi, LWS_CLOSE_STATUS_GOINGAWAY, (unsigned char *)"going away", 10);
+            return -1;
+        }
         if (gw->nconns >= gw->cfg->max_connections) {
             LQ_METRIC_INC(connections_rejected);
             LQ_WARN("connection refused: server full", "limit=%d", gw->cfg->max_connections);
@@ -538,6 +553,7 @@ static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *use
             return -1;
         }
         gw->nconns++;
+        DL_APPEND(gw->conns, c);
         c->counted = 1;
         LQ_METRIC_INC(connections);
         return 0;
@@ -563,11 +579,13 @@ static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *use
         return http_request(gw, c, wsi, in ? (const char *)in : "/");
 
     case LWS_CALLBACK_HTTP_WRITEABLE:
-        return http_writeable(c, wsi);
+        return c ? http_writeable(c, wsi) : 0;
 
     case LWS_CALLBACK_CLOSED_HTTP:
-        free(c->http_body);
-        c->http_body = NULL;
+        if (c) { /* NULL when the peer left before sending a request */
+            free(c->http_body);
+            c->http_body = NULL;
+        }
         return 0;
 
     default:
@@ -636,11 +654,34 @@ lq_gateway *lq_gateway_new(const lq_config *cfg)
     return gw;
 }
 
+static void drain_tick(lws_sorted_usec_list_t *sul)
+{
+    lq_gateway *gw = lws_container_of(sul, lq_gateway, drain_tick);
+    lws_sul_schedule(gw->ctx, 0, &gw->drain_tick, drain_tick, 100 * LWS_US_PER_MS);
+}
+
 int lq_gateway_run(lq_gateway *gw)
 {
+    conn *c;
+    int64_t deadline;
+
     while (!gw->stop)
         if (lws_service(gw->ctx, 0) < 0)
             return -1;
+
+    /* Going away: every client gets what is already queued, then a 1001 close,
+     * so SDKs reconnect (to another gateway) at once instead of timing out. */
+    gw->draining = 1;
+    LQ_INFO("draining", "connections=%d", gw->nconns);
+    DL_FOREACH(gw->conns, c) {
+        close_after_flush(c, LWS_CLOSE_STATUS_GOINGAWAY, "going away");
+    }
+    drain_tick(&gw->drain_tick);
+    deadline = wall_ms() + DRAIN_MS;
+    while (gw->nconns > 0 && wall_ms() < deadline)
+        if (lws_service(gw->ctx, 0) < 0)
+            break;
+    lws_sul_cancel(&gw->drain_tick);
     return 0;
 }
 

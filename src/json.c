@@ -38,11 +38,13 @@ int lq_json_equal(const json_t *a, const json_t *b)
     }
     case JSON_OBJECT: {
         const char *k;
+        size_t klen;
         json_t *va;
         if (json_object_size(a) != json_object_size(b))
             return 0;
-        json_object_foreach((json_t *)a, k, va) {
-            if (!lq_json_equal(va, json_object_get(b, k)))
+        /* by length: a key may hold a NUL ("k\u0000a" is not "k") */
+        json_object_keylen_foreach((json_t *)a, k, klen, va) {
+            if (!lq_json_equal(va, json_object_getn(b, k, klen)))
                 return 0;
         }
         return 1;

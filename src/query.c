@@ -71,6 +71,7 @@ enum cmp_op { CMP_LT, CMP_LTE, CMP_GT, CMP_GTE };
 struct path {
     size_t n;
     const char **seg;
+    long *index;  /* per segment: its value when all digits (an array index), else -1 */
     int date_str; /* createdAt / updatedAt: an ISO string is a date */
 };
 
@@ -157,7 +158,9 @@ static void *arena_alloc(struct compiler *c, size_t size)
     if (size == 0)
         size = align;
     if (ch == NULL || ch->cap - ch->used < size) {
-        size_t cap = size > 4096 ? size : 4096;
+        size_t cap = ch == NULL ? 512 : ch->cap < 8192 ? ch->cap * 2 : 8192;
+        if (cap < size)
+            cap = size;
         ch = malloc(sizeof(*ch) + cap);
         if (ch == NULL) {
             fail(c, "out of memory compiling the query");
@@ -495,15 +498,20 @@ static const struct path *compile_path(struct compiler *c, const char *key, size
         return NULL;
     }
     p = arena_alloc(c, sizeof(*p));
-    if (p == NULL || (p->seg = arena_alloc(c, nseg * sizeof(*p->seg))) == NULL)
+    if (p == NULL || (p->seg = arena_alloc(c, nseg * sizeof(*p->seg))) == NULL ||
+        (p->index = arena_alloc(c, nseg * sizeof(*p->index))) == NULL)
         return NULL;
     for (i = 0, start = 0; i <= klen; i++) {
         if (i < klen && key[i] != '.')
             continue;
         if (i == start || key[start] == '$')
             goto bad;
-        if ((p->seg[p->n++] = arena_strndup(c, key + start, i - start)) == NULL)
+        if ((p->seg[p->n] = arena_strndup(c, key + start, i - start)) == NULL)
             return NULL;
+        p->index[p->n] = i - start <= 9 && strspn(p->seg[p->n], "0123456789") == i - start
+                             ? strtol(p->seg[p->n], NULL, 10)
+                             : -1;
+        p->n++;
         start = i + 1;
     }
     p->date_str = nseg == 1 && is_date_field(key);
@@ -530,6 +538,8 @@ static int has_operator_key(const json_t *v)
     }
     return 0;
 }
+
+static json_t *canon_value(const json_t *v);
 
 /* Decodes an equality operand: null, boolean, number, string (a date for
  * createdAt/updatedAt), Pointer, Date, or any other object/array compared by
@@ -595,7 +605,7 @@ static int compile_value(struct compiler *c, const struct path *path, const char
         /* fall through */
     case JSON_ARRAY:
         out->kind = V_JSON;
-        out->u.json = json_deep_copy(v);
+        out->u.json = canon_value(v);
         if (out->u.json == NULL)
             return fail(c, "out of memory compiling the query");
         return own(c, NULL, out->u.json);
@@ -612,7 +622,8 @@ static int compile_cmp_value(struct compiler *c, const struct path *path, const 
 
     if (rel != NULL) {
         if (!json_is_string(rel) || json_object_size(v) != 1)
-            return fail(c, "bad $relativeTime (%.64s) value. $relativeTime must be a string",
+            return fail(c, "bad $relativeTime (%.64s) value. $relativeTime must be a string "
+                        "and the only key",
                         key);
         out->kind = V_REL;
         if (relative_time(json_string_value(rel), json_string_length(rel), &out->u.ms, why,
@@ -719,7 +730,7 @@ static int compile_near(struct compiler *c, struct node *n, const json_t *ops)
     n->u.sphere.max = INFINITY;
     for (size_t i = 0; i < sizeof(mods) / sizeof(mods[0]); i++) {
         const json_t *v = json_object_get(ops, mods[i].key);
-        double d;
+        double d = 0;
         if (v == NULL)
             continue;
         if (found++)
@@ -984,7 +995,7 @@ static struct node *compile_logical(struct compiler *c, const char *key, const j
     json_t *e;
 
     if (!json_is_array(arr)) {
-        fail(c, "%s must be an array of query objects", key);
+        fail(c, "%s must be an array", key); /* Parse Server's exact text */
         return NULL;
     }
     if (json_array_size(arr) == 0) {
@@ -992,7 +1003,7 @@ static struct node *compile_logical(struct compiler *c, const char *key, const j
         return NULL;
     }
     n = new_node(c, kind, NULL);
-    if (n == NULL || count(c, json_array_size(arr)))
+    if (n == NULL)
         return NULL;
     n->u.kids.n = json_array_size(arr);
     n->u.kids.v = arena_alloc(c, n->u.kids.n * sizeof(*n->u.kids.v));
@@ -1014,7 +1025,7 @@ static struct node *compile_logical(struct compiler *c, const char *key, const j
 static struct node *compile_where(struct compiler *c, const json_t *where, int depth)
 {
     struct nodevec kids = {0};
-    struct node *n = NULL;
+    struct node *n, *and = NULL;
     const char *key;
     size_t klen;
     json_t *val;
@@ -1023,8 +1034,6 @@ static struct node *compile_where(struct compiler *c, const json_t *where, int d
         fail(c, "query nesting is deeper than %d", c->lim->max_depth);
         return NULL;
     }
-    if (count(c, json_object_size(where)))
-        return NULL;
     json_object_keylen_foreach((json_t *)where, key, klen, val) {
         if (strcmp(key, "$or") == 0 || strcmp(key, "$and") == 0 || strcmp(key, "$nor") == 0) {
             n = compile_logical(c, key, val, depth);
@@ -1038,29 +1047,26 @@ static struct node *compile_where(struct compiler *c, const json_t *where, int d
         }
     }
     n = new_node(c, N_AND, NULL);
-    if (n == NULL)
+    if (n == NULL || (n->u.kids.v = arena_alloc(c, (kids.n + 1) * sizeof(*kids.v))) == NULL)
         goto out;
     n->u.kids.n = kids.n;
-    n->u.kids.v = arena_alloc(c, (kids.n ? kids.n : 1) * sizeof(*n->u.kids.v));
-    if (n->u.kids.v == NULL) {
-        n = NULL;
-        goto out;
-    }
     if (kids.n)
         memcpy(n->u.kids.v, kids.v, kids.n * sizeof(*kids.v));
+    and = n;
 out:
     free(kids.v);
-    return n;
+    return and;
 }
 
 /* ---- canonical form --------------------------------------------------- */
 
-/* A copy of v with integral reals as integers and -0 as 0. Depth was checked. */
+/* A deep copy of v with integral reals as integers and -0 as 0, keeping keys
+ * whole (json_deep_copy cuts them at an embedded NUL). Depth was checked. */
 static json_t *canon_value(const json_t *v)
 {
     json_t *out, *e;
     const char *k;
-    size_t i;
+    size_t i, klen;
 
     switch (json_typeof(v)) {
     case JSON_REAL: {
@@ -1078,8 +1084,8 @@ static json_t *canon_value(const json_t *v)
         return out;
     case JSON_OBJECT:
         out = json_object();
-        json_object_foreach((json_t *)v, k, e) {
-            if (out == NULL || json_object_set_new(out, k, canon_value(e)))
+        json_object_keylen_foreach((json_t *)v, k, klen, e) {
+            if (out == NULL || json_object_setn_new(out, k, klen, canon_value(e)))
                 goto fail;
         }
         return out;
@@ -1230,6 +1236,8 @@ int lq_query_value_key(const json_t *v, char *buf, size_t cap)
 {
     const json_t *cls, *id;
 
+    if (v == NULL)
+        return -1;
     switch (json_typeof(v)) {
     case JSON_STRING:
         return key_write(buf, cap, "s:", json_string_value(v), json_string_length(v), NULL, 0);
@@ -1598,6 +1606,19 @@ static int geo_scalar(const struct node *n, const json_t *x)
     }
 }
 
+/* A comparison, regex or geo condition on one value (not an array). */
+static int scalar_test(const struct node *n, const json_t *x, const struct mctx *m)
+{
+    switch (n->kind) {
+    case N_CMP:
+        return cmp_scalar(n, x, m);
+    case N_REGEX:
+        return regex_scalar(n, x, m);
+    default:
+        return geo_scalar(n, x);
+    }
+}
+
 /* The condition n on one field value x (NULL when missing), before negation. */
 static int leaf(const struct node *n, const json_t *x, const struct mctx *m)
 {
@@ -1641,15 +1662,10 @@ static int leaf(const struct node *n, const json_t *x, const struct mctx *m)
     }
     if (x == NULL)
         return 0;
-    if (!json_is_array(x)) {
-        return n->kind == N_CMP     ? cmp_scalar(n, x, m)
-               : n->kind == N_REGEX ? regex_scalar(n, x, m)
-                                    : geo_scalar(n, x);
-    }
+    if (!json_is_array(x))
+        return scalar_test(n, x, m);
     json_array_foreach(x, j, e) { /* any element of an array field */
-        if (n->kind == N_CMP ? cmp_scalar(n, e, m)
-            : n->kind == N_REGEX ? regex_scalar(n, e, m)
-                                 : geo_scalar(n, e))
+        if (scalar_test(n, e, m))
             return 1;
     }
     return 0;
@@ -1671,9 +1687,8 @@ static int walk(const struct node *n, const json_t *cur, size_t i, const struct 
     if (json_is_object(cur) && (i == 0 || !is_typed(cur)))
         return walk(n, json_object_get(cur, p->seg[i]), i + 1, m);
     if (json_is_array(cur)) {
-        const char *s = p->seg[i];
-        if (s[0] >= '0' && s[0] <= '9' && strspn(s, "0123456789") == strlen(s))
-            return walk(n, json_array_get(cur, strtoul(s, NULL, 10)), i + 1, m);
+        if (p->index[i] >= 0)
+            return walk(n, json_array_get(cur, (size_t)p->index[i]), i + 1, m);
         json_array_foreach(cur, k, e) {
             if (!json_is_object(e) || is_typed(e))
                 continue;

@@ -21,6 +21,8 @@
 #include "livequery/jsonout.h"
 #include "livequery/metrics.h"
 
+#define INDEX_KEY_MAX 512 /* bytes of an equality index key, NUL included */
+
 typedef struct keyset {
     struct keyset *next;
     char *sig;     /* NULL: all fields; else the sorted names joined by ',' */
@@ -322,7 +324,9 @@ static group *group_get(lq_registry *r, const char *class_name, lq_query *q)
     g->c = c;
     g->canonical = lq_xstrdup(canonical);
     HASH_ADD_KEYPTR(hh, c->groups, g->canonical, strlen(g->canonical), g);
-    if (lq_query_index_hint(q, &field, &vkey)) {
+    /* a value key longer than visit_bucket's buffer could never be looked up:
+     * such a group stays unindexed (correct, only slower) */
+    if (lq_query_index_hint(q, &field, &vkey) && strlen(vkey) < INDEX_KEY_MAX) {
         ifield *f;
         bucket *b;
         HASH_FIND_STR(c->fields, field, f);
@@ -476,7 +480,7 @@ static void visit(dispatch *d, group *g)
 
 static void visit_bucket(dispatch *d, ifield *f, const json_t *v)
 {
-    char key[512];
+    char key[INDEX_KEY_MAX];
     bucket *b;
     group *g, *tmp;
 

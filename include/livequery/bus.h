@@ -40,7 +40,7 @@ lq_bus *lq_bus_new(const lq_config *cfg, lq_bus_notify_fn notify, void *ud);
 /* Starts the bus thread. Returns LQ_OK or LQ_ERR (thread not created). */
 int lq_bus_start(lq_bus *b);
 
-/* Stops and joins the thread. Safe to call twice. */
+/* Stops and joins the thread. Safe to call twice; accepts NULL. */
 void lq_bus_stop(lq_bus *b);
 
 /* Stops the bus if needed and frees it with any queued changes. Accepts NULL. */

@@ -18,7 +18,9 @@ typedef struct lq_gateway lq_gateway;
  * outlive the gateway). Returns NULL after logging why (e.g. port in use). */
 lq_gateway *lq_gateway_new(const lq_config *cfg);
 
-/* Serves until lq_gateway_stop. Returns 0 on a requested stop, -1 on error. */
+/* Serves until lq_gateway_stop, then closes every connection with 1001
+ * "going away" after what was queued for it (at most 3 s). Returns 0 on a
+ * requested stop, -1 on error. */
 int lq_gateway_run(lq_gateway *gw);
 
 /* Asks lq_gateway_run to return. Async-signal-safe. */

@@ -7,12 +7,12 @@
 
 static char errbuf[1024];
 
-static int parse(lq_config *cfg, int argc, char **argv)
+static int parse(lq_config *cfg, int argc, const char **argv)
 {
     FILE *out = fopen("/dev/null", "w");
     FILE *err = fmemopen(errbuf, sizeof(errbuf), "w");
     memset(errbuf, 0, sizeof(errbuf));
-    int rc = lq_config_parse(cfg, argc, argv, out, err);
+    int rc = lq_config_parse(cfg, argc, (char **)argv, out, err);
     fclose(out);
     fclose(err);
     return rc;
@@ -21,7 +21,7 @@ static int parse(lq_config *cfg, int argc, char **argv)
 static void test_defaults_and_flags(void)
 {
     lq_config cfg;
-    char *argv[] = {"lq", "--app-id", "bookstore", "--port=4000", "--redis-url",
+    const char *argv[] = {"lq", "--app-id", "bookstore", "--port=4000", "--redis-url",
                     "redis://:secret@10.0.0.1:6380/2", "--master-key", "mk", NULL};
 
     unsetenv("LIVEQUERY_PORT");
@@ -42,8 +42,8 @@ static void test_defaults_and_flags(void)
 static void test_env(void)
 {
     lq_config cfg;
-    char *argv[] = {"lq", NULL};
-    char *argv2[] = {"lq", "--port", "5000", NULL};
+    const char *argv[] = {"lq", NULL};
+    const char *argv2[] = {"lq", "--port", "5000", NULL};
 
     setenv("LIVEQUERY_APP_ID", "envapp", 1);
     setenv("LIVEQUERY_PORT", "4444", 1);
@@ -64,12 +64,12 @@ static void test_env(void)
 static void test_errors(void)
 {
     lq_config cfg;
-    char *a1[] = {"lq", NULL};
-    char *a2[] = {"lq", "--app-id", "x", "--redis-url", "http://x", NULL};
-    char *a3[] = {"lq", "--app-id", "x", "--bogus", "1", NULL};
-    char *a4[] = {"lq", "--app-id", NULL};
-    char *a5[] = {"lq", "--app-id", "x", "--max-queue-bytes", "10", NULL};
-    char *a6[] = {"lq", "--help", NULL};
+    const char *a1[] = {"lq", NULL};
+    const char *a2[] = {"lq", "--app-id", "x", "--redis-url", "http://x", NULL};
+    const char *a3[] = {"lq", "--app-id", "x", "--bogus", "1", NULL};
+    const char *a4[] = {"lq", "--app-id", NULL};
+    const char *a5[] = {"lq", "--app-id", "x", "--max-queue-bytes", "10", NULL};
+    const char *a6[] = {"lq", "--help", NULL};
 
     ASSERT_EQ(parse(&cfg, 1, a1), -1);
     ASSERT_STREQ(errbuf, "livequeryd: --app-id (or LIVEQUERY_APP_ID) is required\n");

@@ -153,6 +153,17 @@ static void test_index(void)
                       "{\"objectId\":\"o\",\"isbn\":\"978-6\"}"), 2);
     ASSERT_EQ(deliveries[0].type + deliveries[1].type, LQ_EV_ENTER + LQ_EV_LEAVE);
     reset();
+    /* a value too long for the index still matches (its group stays unindexed) */
+    char longq[1024], longobj[1024], v[700];
+    memset(v, 'k', sizeof(v) - 1);
+    v[sizeof(v) - 1] = '\0';
+    snprintf(longq, sizeof(longq), SUB(6000, "B", "{\"isbn\":\"%s\"}"), v);
+    ASSERT_EQ(subscribe(r, c, longq, &err), LQ_OK);
+    snprintf(longobj, sizeof(longobj), "{\"objectId\":\"o\",\"isbn\":\"%s\"}", v);
+    ASSERT_EQ(publish(r, LQ_CHANGE_CREATE, "B", longobj, NULL), 1);
+    ASSERT_TRUE(deliveries[0].rid == 6000);
+    reset();
+    ASSERT_EQ(lq_registry_unsubscribe(r, c, 6000), LQ_OK);
     /* equality on an array field means contains */
     ASSERT_EQ(publish(r, LQ_CHANGE_CREATE, "B", "{\"objectId\":\"o\",\"isbn\":[\"x\",\"978-9\"]}", NULL), 1);
     ASSERT_TRUE(deliveries[0].rid == 10);
