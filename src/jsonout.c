@@ -141,25 +141,49 @@ void lq_buf_json_number(lq_buf *b, double v)
     lq_buf_append(b, tmp, (size_t)n);
 }
 
+static int always_kept(const char *k)
+{
+    return strcmp(k, "className") == 0 || strcmp(k, "objectId") == 0 ||
+           strcmp(k, "createdAt") == 0 || strcmp(k, "updatedAt") == 0 || strcmp(k, "ACL") == 0;
+}
+
+static int listed(const char *k, const char *const *keys)
+{
+    for (; *keys; keys++)
+        if (strcmp(k, *keys) == 0)
+            return 1;
+    return 0;
+}
+
+/* Writes an object's members; as_parse_object applies the Parse output rules
+ * of lq_buf_parse_object (no '_' keys, the keys projection). */
+static void write_object(lq_buf *b, const json_t *obj, int as_parse_object, const char *const *keys)
+{
+    const char *k;
+    size_t klen;
+    json_t *x;
+    int first = 1;
+
+    lq_buf_putc(b, '{');
+    json_object_keylen_foreach((json_t *)obj, k, klen, x) {
+        if (as_parse_object && (k[0] == '_' || (keys && !always_kept(k) && !listed(k, keys))))
+            continue;
+        if (!first)
+            lq_buf_putc(b, ',');
+        first = 0;
+        lq_buf_json_string(b, k, klen);
+        lq_buf_putc(b, ':');
+        lq_buf_json(b, x);
+    }
+    lq_buf_putc(b, '}');
+}
+
 void lq_buf_json(lq_buf *b, const json_t *v)
 {
     switch (json_typeof(v)) {
-    case JSON_OBJECT: {
-        const char *k;
-        json_t *x;
-        int first = 1;
-        lq_buf_putc(b, '{');
-        json_object_foreach((json_t *)v, k, x) {
-            if (!first)
-                lq_buf_putc(b, ',');
-            first = 0;
-            lq_buf_json_string(b, k, strlen(k));
-            lq_buf_putc(b, ':');
-            lq_buf_json(b, x);
-        }
-        lq_buf_putc(b, '}');
+    case JSON_OBJECT:
+        write_object(b, v, 0, NULL);
         break;
-    }
     case JSON_ARRAY: {
         size_t i;
         json_t *x;
@@ -195,38 +219,7 @@ void lq_buf_json(lq_buf *b, const json_t *v)
     }
 }
 
-static int always_kept(const char *k)
-{
-    return strcmp(k, "className") == 0 || strcmp(k, "objectId") == 0 ||
-           strcmp(k, "createdAt") == 0 || strcmp(k, "updatedAt") == 0 || strcmp(k, "ACL") == 0;
-}
-
-static int listed(const char *k, const char *const *keys)
-{
-    for (; *keys; keys++)
-        if (strcmp(k, *keys) == 0)
-            return 1;
-    return 0;
-}
-
 void lq_buf_parse_object(lq_buf *b, const json_t *obj, const char *const *keys)
 {
-    const char *k;
-    json_t *x;
-    int first = 1;
-
-    lq_buf_putc(b, '{');
-    json_object_foreach((json_t *)obj, k, x) {
-        if (k[0] == '_')
-            continue;
-        if (keys && !always_kept(k) && !listed(k, keys))
-            continue;
-        if (!first)
-            lq_buf_putc(b, ',');
-        first = 0;
-        lq_buf_json_string(b, k, strlen(k));
-        lq_buf_putc(b, ':');
-        lq_buf_json(b, x);
-    }
-    lq_buf_putc(b, '}');
+    write_object(b, obj, 1, keys);
 }
