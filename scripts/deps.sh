@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PKGS=(build-essential cmake pkg-config
-      libwebsockets-dev libhiredis-dev libjansson-dev libpcre2-dev libssl-dev libuv1-dev uthash-dev
+      libwebsockets-dev libhiredis-dev libjansson-dev libpcre2-dev libssl-dev libuv1-dev uthash-dev libwebsockets-evlib-uv
       redis-server)
 # Node.js and npm only from Debian when the machine has none (an image may ship its own,
 # which Debian's npm package would conflict with).

@@ -16,7 +16,7 @@
 #define LQ_VERSION "0.1.0"
 #endif
 
-typedef enum { T_STR, T_INT, T_SIZE, T_REDIS_URL, T_LOG_LEVEL } setting_type;
+typedef enum { T_STR, T_INT, T_SIZE, T_REDIS_URL, T_LOG_LEVEL, T_EVENT_LOOP } setting_type;
 
 typedef struct setting {
     const char *flag; /* without the leading -- */
@@ -59,6 +59,8 @@ static const setting settings[] = {
      "seconds between pings; a peer silent for two intervals is dropped"},
     {"log-level", "LIVEQUERY_LOG_LEVEL", T_LOG_LEVEL, OFF(log_level), 0, 0, "info",
      "error, warn, info or debug"},
+    {"event-loop", "LIVEQUERY_EVENT_LOOP", T_EVENT_LOOP, OFF(event_loop), 0, 0, "uv",
+     "uv (libuv: epoll, cost per wake-up independent of idle connections) or poll (lws' own poll())"},
 };
 #define NSETTINGS (sizeof(settings) / sizeof(settings[0]))
 
@@ -162,6 +164,16 @@ static int apply(lq_config *cfg, const setting *s, const char *val, FILE *err, c
         *(int *)field = l;
         return 0;
     }
+    case T_EVENT_LOOP:
+        if (strcmp(val, "uv") == 0)
+            *(int *)field = LQ_LOOP_UV;
+        else if (strcmp(val, "poll") == 0)
+            *(int *)field = LQ_LOOP_POLL;
+        else {
+            fprintf(err, "livequeryd: %s: '%s' is not one of uv, poll\n", origin, val);
+            return -1;
+        }
+        return 0;
     case T_INT:
     case T_SIZE: {
         errno = 0;

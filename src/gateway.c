@@ -19,6 +19,8 @@
  */
 #include "livequery/gateway.h"
 
+#include <uv.h> /* before libwebsockets.h, which then declares its libuv API */
+
 #include <libwebsockets.h>
 #include <utlist.h>
 #include <signal.h>
@@ -36,7 +38,10 @@
 #include "livequery/proto.h"
 #include "livequery/registry.h"
 
-#define BATCH_BYTES (64 * 1024)  /* bytes framed into one lws_write */
+/* Bytes framed into one lws_write. ~16-30 typical frames: DESIGN measured the
+ * gain flattening out near 16 frames per write, and what the kernel does not
+ * take at once lws copies aside, so a larger batch only costs memory. */
+#define BATCH_BYTES (8 * 1024)
 #define FRAME_HEAD_EST 64        /* head bytes besides ids, for queue accounting */
 #define SLOW_CLOSE_SECS 5        /* a culled client that never reads is cut after this */
 #define DRAIN_MS 3000            /* at shutdown, how long clients get to take their close */
@@ -63,6 +68,7 @@ typedef struct conn {
     size_t qbytes;
     int counted;         /* included in gw->nconns */
     int closing;         /* send what is queued, then close */
+    int close_sent;      /* our close frame is out; waiting for the peer's */
     int close_code;
     const char *close_reason;
     char *http_body;     /* GET /health, /metrics */
@@ -76,7 +82,12 @@ struct lq_gateway {
     lq_bus *bus;
     lws_retry_bo_t retry;
     volatile sig_atomic_t stop;
+    uv_loop_t *uv;  /* &uv_loop when running on libuv; NULL on lws' poll loop */
+    uv_loop_t uv_loop;
+    void *foreign_loops[1];
     int draining;   /* shutting down: closing every connection with 1001 */
+    int drained;    /* drain over: every connection gone, or the deadline passed */
+    int64_t drain_deadline;
     lws_sorted_usec_list_t drain_tick;
     conn *conns;
     int nconns;
@@ -257,6 +268,29 @@ static int write_batch(lq_gateway *gw, conn *c)
     LQ_METRIC_ADD(bytes_out, n);
     if (c->qlen || c->closing)
         lws_callback_on_writable(c->wsi);
+    return 0;
+}
+
+/* Sends our close frame ourselves, framed like our data frames: lws 4.1.6 on
+ * libuv drops the close frame of lws_close_reason() when a WRITEABLE callback
+ * returns -1 (the peer sees 1006). lws answers the peer's closing reply and
+ * then closes; the timeout covers a peer that never replies. */
+static int send_close(conn *c)
+{
+    unsigned char buf[LWS_PRE + 2 + 125], *p = buf + LWS_PRE;
+    size_t rlen = strlen(c->close_reason);
+
+    if (rlen > 123) /* control frame payloads are at most 125 bytes */
+        rlen = 123;
+    p[0] = 0x88; /* FIN + close */
+    p[1] = (unsigned char)(2 + rlen);
+    p[2] = (unsigned char)(c->close_code >> 8);
+    p[3] = (unsigned char)c->close_code;
+    memcpy(p + 4, c->close_reason, rlen);
+    if (lws_write(c->wsi, p, 4 + rlen, LWS_WRITE_RAW) < (int)(4 + rlen))
+        return -1;
+    c->close_sent = 1;
+    lws_set_timeout(c->wsi, PENDING_TIMEOUT_CLOSE_ACK, 3);
     return 0;
 }
 
@@ -476,6 +510,8 @@ static int http_writeable(conn *c, struct lws *wsi)
 
 /*---- the lws protocol callback ---------------------------------------------------*/
 
+static void drain_check(lq_gateway *gw);
+
 static void conn_release(lq_gateway *gw, conn *c)
 {
     lq_registry_client_free(gw->reg, c->client);
@@ -533,6 +569,8 @@ static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *use
     case LWS_CALLBACK_EVENT_WAIT_CANCELLED:
         if (gw && gw->bus)
             drain_bus(gw);
+        if (gw && gw->stop && gw->uv && !gw->draining)
+            uv_stop(gw->uv); /* lws_service returns: lq_gateway_run drains */
         return 0;
 
     case LWS_CALLBACK_ESTABLISHED:
@@ -564,15 +602,14 @@ static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *use
     case LWS_CALLBACK_SERVER_WRITEABLE:
         if (c->qlen)
             return write_batch(gw, c);
-        if (c->closing) {
-            lws_close_reason(wsi, (enum lws_close_status)c->close_code,
-                             (unsigned char *)c->close_reason, strlen(c->close_reason));
-            return -1;
-        }
+        if (c->closing && !c->close_sent)
+            return send_close(c);
         return 0;
 
     case LWS_CALLBACK_CLOSED:
         conn_release(gw, c);
+        if (gw->draining)
+            drain_check(gw);
         return 0;
 
     case LWS_CALLBACK_HTTP:
@@ -601,6 +638,12 @@ static const struct lws_protocols protocols[] = {
 };
 
 /*---- lifetime ------------------------------------------------------------------*/
+
+static void ignore_signal(void *handle, int signum)
+{
+    (void)handle;
+    (void)signum;
+}
 
 static void wake(void *ud)
 {
@@ -634,11 +677,29 @@ lq_gateway *lq_gateway_new(const lq_config *cfg)
     info.protocols = protocols;
     info.user = gw;
     info.options = LWS_SERVER_OPTION_VALIDATE_UTF8 | LWS_SERVER_OPTION_DISABLE_IPV6;
+    if (cfg->event_loop == LQ_LOOP_UV) {
+        /* epoll through libuv: a wake-up costs what is ready, not what is
+         * connected (lws' poll() scans every descriptor each time). The loop
+         * is ours (lws joins it as a foreign loop), so we run and stop it;
+         * signals stay ours too (main.c). */
+        if (uv_loop_init(&gw->uv_loop) != 0) {
+            LQ_ERROR("cannot create the libuv loop", NULL);
+            lq_gateway_free(gw);
+            return NULL;
+        }
+        gw->uv = &gw->uv_loop;
+        gw->foreign_loops[0] = gw->uv;
+        info.foreign_loops = gw->foreign_loops;
+        info.pcontext = &gw->ctx;
+        info.options |= LWS_SERVER_OPTION_LIBUV | LWS_SERVER_OPTION_UV_NO_SIGSEGV_SIGFPE_SPIN;
+        info.signal_cb = ignore_signal;
+    }
     info.retry_and_idle_policy = &gw->retry;
     info.timeout_secs = 10;
     info.max_http_header_pool = 64;
     gw->ctx = lws_create_context(&info);
-    if (gw->ctx == NULL) {
+    /* on libuv lws returns a context even when its vhost could not listen */
+    if (gw->ctx == NULL || lws_get_vhost_by_name(gw->ctx, "default") == NULL) {
         LQ_ERROR("cannot listen", "host=%s port=%d", cfg->host, cfg->port);
         lq_gateway_free(gw);
         return NULL;
@@ -649,37 +710,58 @@ lq_gateway *lq_gateway_new(const lq_config *cfg)
         lq_gateway_free(gw);
         return NULL;
     }
-    LQ_INFO("listening", "host=%s port=%d app_id=%s redis=%s:%d", cfg->host, cfg->port, cfg->app_id,
-            cfg->redis_host, cfg->redis_port);
+    LQ_INFO("listening", "host=%s port=%d app_id=%s redis=%s:%d event_loop=%s", cfg->host, cfg->port,
+            cfg->app_id, cfg->redis_host, cfg->redis_port, gw->uv ? "uv" : "poll");
     return gw;
+}
+
+/* Ends the drain once no connection is left or the deadline has passed. */
+static void drain_check(lq_gateway *gw)
+{
+    if (gw->drained || (gw->nconns > 0 && wall_ms() < gw->drain_deadline))
+        return;
+    gw->drained = 1;
+    if (gw->uv)
+        uv_stop(gw->uv);
 }
 
 static void drain_tick(lws_sorted_usec_list_t *sul)
 {
     lq_gateway *gw = lws_container_of(sul, lq_gateway, drain_tick);
-    lws_sul_schedule(gw->ctx, 0, &gw->drain_tick, drain_tick, 100 * LWS_US_PER_MS);
+    drain_check(gw);
+    if (!gw->drained)
+        lws_sul_schedule(gw->ctx, 0, &gw->drain_tick, drain_tick, 100 * LWS_US_PER_MS);
+}
+
+/* On libuv: runs the loop until uv_stop. On poll: one wait and its work. */
+static int service(lq_gateway *gw)
+{
+    if (gw->uv) {
+        uv_run(gw->uv, UV_RUN_DEFAULT);
+        return 0;
+    }
+    return lws_service(gw->ctx, 0);
 }
 
 int lq_gateway_run(lq_gateway *gw)
 {
     conn *c;
-    int64_t deadline;
 
     while (!gw->stop)
-        if (lws_service(gw->ctx, 0) < 0)
+        if (service(gw) < 0)
             return -1;
 
     /* Going away: every client gets what is already queued, then a 1001 close,
      * so SDKs reconnect (to another gateway) at once instead of timing out. */
     gw->draining = 1;
+    gw->drain_deadline = wall_ms() + DRAIN_MS;
     LQ_INFO("draining", "connections=%d", gw->nconns);
     DL_FOREACH(gw->conns, c) {
         close_after_flush(c, LWS_CLOSE_STATUS_GOINGAWAY, "going away");
     }
     drain_tick(&gw->drain_tick);
-    deadline = wall_ms() + DRAIN_MS;
-    while (gw->nconns > 0 && wall_ms() < deadline)
-        if (lws_service(gw->ctx, 0) < 0)
+    while (!gw->drained)
+        if (service(gw) < 0)
             break;
     lws_sul_cancel(&gw->drain_tick);
     return 0;
@@ -699,6 +781,23 @@ void lq_gateway_free(lq_gateway *gw)
     lq_bus_stop(gw->bus);
     if (gw->ctx)
         lws_context_destroy(gw->ctx); /* closes every connection: CLOSED frees their clients */
+    if (gw->uv) {
+        /* On a foreign loop lws destroys in stages: each call to
+         * lws_context_destroy advances one once the loop has run the handle
+         * closes of the previous; lws writes NULL to gw->ctx (info.pcontext)
+         * when it is done. */
+        for (int stage = 0; gw->ctx && stage < 4; stage++) {
+            for (int i = 0; i < 16; i++)
+                uv_run(gw->uv, UV_RUN_NOWAIT);
+            if (gw->ctx)
+                lws_context_destroy(gw->ctx);
+        }
+        /* Nothing else runs on this loop. Handles lws still holds must not be
+         * run any more: their callbacks live in lws' libuv plugin, which the
+         * last destroy stage unloads. */
+        if (gw->ctx || uv_loop_close(gw->uv) != 0)
+            LQ_DEBUG("libuv loop left open at exit", NULL);
+    }
     lq_bus_free(gw->bus);
     lq_registry_free(gw->reg);
     lq_buf_release(&gw->out);

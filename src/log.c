@@ -37,8 +37,13 @@ void lq_log_write(int level, const char *msg, const char *fields, ...)
         va_start(ap, fields);
         int m = vsnprintf(line + n, sizeof(line) - (size_t)n - 1, fields, ap);
         va_end(ap);
-        if (m > 0)
-            n += m < (int)sizeof(line) - n - 1 ? m : (int)sizeof(line) - n - 2;
+        if (m > 0) {
+            int end = n + (m < (int)sizeof(line) - n - 1 ? m : (int)sizeof(line) - n - 2);
+            for (int i = n; i < end; i++) /* one event, one line: whatever a field holds */
+                if ((unsigned char)line[i] < 0x20)
+                    line[i] = ' ';
+            n = end;
+        }
     }
     line[n++] = '\n';
     fwrite(line, 1, (size_t)n, stderr);

@@ -11,6 +11,8 @@
 #include <stdint.h>
 #include <stdio.h>
 
+enum { LQ_LOOP_UV = 0, LQ_LOOP_POLL = 1 };
+
 typedef struct lq_config {
     char *host;            /* bind address; default 127.0.0.1 */
     int port;              /* default 1337 */
@@ -31,6 +33,7 @@ typedef struct lq_config {
     size_t max_queue_bytes;     /* outbound bytes queued per connection; default 4 MiB */
     int ping_interval_s;        /* WebSocket ping period; a peer silent for 2 periods is dropped; default 10 */
     int log_level;              /* 0 error, 1 warn, 2 info, 3 debug; default 2 */
+    int event_loop;             /* LQ_LOOP_UV (epoll, the default) or LQ_LOOP_POLL */
 } lq_config;
 
 /* Parses argv and the environment into *cfg (zeroed first).
