@@ -22,7 +22,7 @@ after(h.teardown);
 
 const FLAGS = ['--port', '--host', '--redis-url', '--app-id', '--master-key', '--max-frame-bytes', '--max-json-depth',
   '--max-subscriptions', '--max-query-bytes', '--max-connections', '--max-queue-bytes', '--ping-interval', '--log-level',
-  '--channel-prefix', '--help'];
+  '--channel-prefix', '--event-loop', '--help'];
 
 h.test('--help exits 0 and lists every flag', () => {
   const r = h.runGatewaySync(['--help']);
@@ -39,6 +39,7 @@ const badCases = [
   { name: '--max-frame-bytes -5', args: ['--port', 'PORT', '--app-id', 'bookstore', '--max-frame-bytes', '-5'], mention: /max-frame-bytes/ },
   { name: '--max-connections abc', args: ['--port', 'PORT', '--app-id', 'bookstore', '--max-connections', 'abc'], mention: /max-connections/ },
   { name: '--log-level loud', args: ['--port', 'PORT', '--app-id', 'bookstore', '--log-level', 'loud'], mention: /log-level/ },
+  { name: '--event-loop select', args: ['--port', 'PORT', '--app-id', 'bookstore', '--event-loop', 'select'], mention: /event-loop/ },
   { name: 'unknown flag --bogus', args: ['--port', 'PORT', '--app-id', 'bookstore', '--bogus'], mention: /bogus/ },
 ];
 
