@@ -6,11 +6,13 @@
  * requestId) entries, bounded in bytes. The body of an event is serialized
  * once per subscription group view (registry.c); only the short head
  * {"op":…,"clientId":…,"requestId":…, differs per subscriber and is written
- * at send time. On WRITEABLE, as many queued frames as fit in one batch are
- * framed here (server frames are unmasked, so a header is 2, 4 or 10 bytes)
- * and written with a single lws_write(LWS_WRITE_RAW): DESIGN's measurements
- * put one frame per write at ~150k frames/s and 16 per write near 1M/s.
- * permessage-deflate is not offered, so raw frames stay valid.
+ * at send time. As many queued frames as fit in one batch are framed here
+ * (server frames are unmasked, so a header is 2, 4 or 10 bytes) and written
+ * with a single lws_write(LWS_WRITE_RAW): DESIGN's measurements put one frame
+ * per write at ~150k frames/s and 16 per write near 1M/s. permessage-deflate
+ * is not offered, so raw frames stay valid. Frames an event batch queued are
+ * written right after the batch when the socket can take them; otherwise (and
+ * for replies to requests) on lws' WRITEABLE callback (BENCHMARKS.md).
  *
  * A consumer whose queue passes --max-queue-bytes loses its queue, gets one
  * error frame (code 155) and is closed (1008) once that is written, or by an
@@ -62,7 +64,6 @@ typedef struct conn {
     char client_id[37];
     lq_buf ids;          /* "clientId":"…","installationId":"…" */
     lq_buf rx;           /* a message arriving in fragments */
-    int rx_overflow;
     qentry *q;
     uint32_t qhead, qlen, qcap;
     size_t qbytes;
@@ -109,9 +110,10 @@ static int64_t wall_ms(void)
 
 /*---- outbound queue ----------------------------------------------------------*/
 
-static size_t entry_bytes(const conn *c, const qentry *e)
+/* What a frame counts against --max-queue-bytes. */
+static size_t frame_bytes(const conn *c, const lq_body *body, int type)
 {
-    return e->body->len + (e->type >= 0 ? c->ids.len + FRAME_HEAD_EST : 0);
+    return body->len + (type >= 0 ? c->ids.len + FRAME_HEAD_EST : 0);
 }
 
 static void queue_clear(conn *c)
@@ -145,7 +147,7 @@ static void push(conn *c, lq_body *body, int type, double rid)
     e->type = type;
     e->rid = rid;
     c->qlen++;
-    size_t n = entry_bytes(c, e);
+    size_t n = frame_bytes(c, body, type);
     c->qbytes += n;
     c->gw->queued_bytes += (int64_t)n;
     if (c->qlen == 1) {
@@ -193,8 +195,7 @@ static void enqueue(lq_gateway *gw, conn *c, lq_body *body, int type, double rid
 {
     if (c->closing)
         return;
-    size_t n = body->len + (type >= 0 ? c->ids.len + FRAME_HEAD_EST : 0);
-    if (c->qbytes + n > gw->cfg->max_queue_bytes) {
+    if (c->qbytes + frame_bytes(c, body, type) > gw->cfg->max_queue_bytes) {
         slow_consumer(gw, c);
         return;
     }
@@ -268,13 +269,19 @@ static int write_batch(lq_gateway *gw, conn *c)
         memcpy(out->data + out->len, e->body->data, e->body->len);
         out->len += e->body->len;
 
-        freed += entry_bytes(c, e);
+        freed += frame_bytes(c, e->body, e->type);
         lq_body_decref(e->body);
         c->qhead = (c->qhead + 1) % c->qcap;
         c->qlen--;
     }
     c->qbytes -= freed;
     gw->queued_bytes -= (int64_t)freed;
+    if (c->qlen == 0 && c->qcap > 1024) { /* a past backlog does not keep its ring */
+        free(c->q);
+        c->q = NULL;
+        c->qcap = 0;
+        c->qhead = 0;
+    }
     size_t n = out->len - LWS_PRE;
     if (lws_write(c->wsi, (unsigned char *)out->data + LWS_PRE, n, LWS_WRITE_RAW) < (int)n)
         return -1;
