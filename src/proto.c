@@ -215,6 +215,14 @@ lq_parse_result lq_proto_parse(const char *buf, size_t len, int max_depth, lq_re
         req->master_key = opt_string(root, "masterKey");
         req->session_token = opt_string(root, "sessionToken");
         req->installation_id = opt_string(root, "installationId");
+        /* echoed in every frame the client gets: bound it, or one client
+         * could make each of its frames tens of kilobytes */
+        if (req->installation_id && strlen(req->installation_id) > LQ_INSTALLATION_ID_MAX) {
+            lq_error_set(err, LQ_PARSE_ERR_SCHEMA, "installationId is longer than %d bytes",
+                         LQ_INSTALLATION_ID_MAX);
+            lq_request_release(req);
+            return LQ_PARSE_REFUSED;
+        }
         return LQ_PARSE_OK;
     }
     req->request_id = json_real_value(json_object_get(root, "requestId"));

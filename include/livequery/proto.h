@@ -18,6 +18,8 @@
 #include "livequery/error.h"
 #include "livequery/jsonout.h"
 
+#define LQ_INSTALLATION_ID_MAX 256 /* bytes; it is echoed in every frame */
+
 typedef enum lq_op { LQ_OP_CONNECT, LQ_OP_SUBSCRIBE, LQ_OP_UPDATE, LQ_OP_UNSUBSCRIBE } lq_op;
 
 typedef struct lq_request {
