@@ -215,8 +215,11 @@ static void send_error(lq_gateway *gw, conn *c, const lq_error *err, int reconne
     gw->scratch.len = 0;
     lq_proto_error(&gw->scratch, err, reconnect, has_rid, rid);
     LQ_METRIC_INC(requests_rejected);
-    LQ_DEBUG("error sent", "client=%s code=%d error=\"%s\"", c->client_id[0] ? c->client_id : "-",
-             err->code, err->text);
+    if (lq_log_level >= LQ_LOG_DEBUG) {
+        char text[320];
+        LQ_DEBUG("error sent", "client=%s code=%d error=\"%s\"", c->client_id[0] ? c->client_id : "-",
+                 err->code, lq_log_escape(text, sizeof(text), err->text));
+    }
     send_frame(gw, c, &gw->scratch);
 }
 

@@ -49,6 +49,19 @@ void lq_log_write(int level, const char *msg, const char *fields, ...)
     fwrite(line, 1, (size_t)n, stderr);
 }
 
+const char *lq_log_escape(char *buf, size_t cap, const char *s)
+{
+    size_t n = 0;
+
+    for (; *s && n + 2 < cap; s++) {
+        if (*s == '"' || *s == '\\')
+            buf[n++] = '\\';
+        buf[n++] = *s;
+    }
+    buf[n] = '\0';
+    return buf;
+}
+
 int lq_log_level_parse(const char *name)
 {
     for (int i = 0; i < 4; i++)

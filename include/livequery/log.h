@@ -10,6 +10,8 @@
 #ifndef LIVEQUERY_LOG_H
 #define LIVEQUERY_LOG_H
 
+#include <stddef.h>
+
 enum { LQ_LOG_ERROR = 0, LQ_LOG_WARN = 1, LQ_LOG_INFO = 2, LQ_LOG_DEBUG = 3 };
 
 extern int lq_log_level;
@@ -28,6 +30,10 @@ void lq_log_write(int level, const char *msg, const char *fields, ...)
 #define LQ_WARN(...) LQ_LOG(LQ_LOG_WARN, __VA_ARGS__)
 #define LQ_INFO(...) LQ_LOG(LQ_LOG_INFO, __VA_ARGS__)
 #define LQ_DEBUG(...) LQ_LOG(LQ_LOG_DEBUG, __VA_ARGS__)
+
+/* Copies s into buf (cap bytes, truncated) with '"' and '\\' escaped, for a
+ * quoted logfmt value that came from a client. Returns buf. */
+const char *lq_log_escape(char *buf, size_t cap, const char *s);
 
 /* Parses "error" | "warn" | "info" | "debug"; returns the level or -1. */
 int lq_log_level_parse(const char *name);
