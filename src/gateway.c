@@ -51,7 +51,8 @@
 typedef struct qentry {
     lq_body *body;
     double rid;
-    int type; /* lq_event_type, or -1: body is a whole frame */
+    int type;       /* lq_event_type, or -1: body is a whole frame */
+    uint32_t bytes; /* what it counts against the limit, fixed when queued */
 } qentry;
 
 /* Per-connection state: lws's per-session user data, zeroed by lws.
@@ -146,8 +147,9 @@ static void push(conn *c, lq_body *body, int type, double rid)
     e->body = body;
     e->type = type;
     e->rid = rid;
+    e->bytes = (uint32_t)frame_bytes(c, body, type);
     c->qlen++;
-    size_t n = frame_bytes(c, body, type);
+    size_t n = e->bytes;
     c->qbytes += n;
     c->gw->queued_bytes += (int64_t)n;
     if (c->qlen == 1) {
@@ -272,7 +274,7 @@ static int write_batch(lq_gateway *gw, conn *c)
         memcpy(out->data + out->len, e->body->data, e->body->len);
         out->len += e->body->len;
 
-        freed += frame_bytes(c, e->body, e->type);
+        freed += e->bytes; /* not recomputed: a second connect changes ids.len */
         lq_body_decref(e->body);
         c->qhead = (c->qhead + 1) % c->qcap;
         c->qlen--;
