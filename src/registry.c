@@ -25,8 +25,7 @@
 
 typedef struct keyset {
     struct keyset *next;
-    char *sig;     /* NULL: all fields; else the sorted names joined by ',' */
-    char **names;  /* NULL-terminated, or NULL */
+    char **names;  /* sorted, NULL-terminated; NULL: all fields */
     int refs;
     int touched;   /* bodies hold this dispatch's frames */
     lq_body *body[2]; /* [0] object only, [1] object + original */
@@ -97,7 +96,6 @@ struct lq_registry {
     size_t visited; /* groups evaluated by the last dispatch */
     keyset **touched; /* keysets holding bodies during a dispatch */
     size_t ntouched, cap_touched;
-    lq_buf scratch;
 };
 
 /*---- lifetime --------------------------------------------------------------*/
@@ -106,7 +104,6 @@ lq_registry *lq_registry_new(const lq_registry_limits *lim)
 {
     lq_registry *r = lq_xcalloc(1, sizeof(*r));
     r->lim = *lim;
-    lq_buf_init(&r->scratch);
     return r;
 }
 
@@ -126,7 +123,6 @@ static void keyset_release(group *g, keyset *ks)
     LL_DELETE(g->keysets, ks);
     lq_body_decref(ks->body[0]);
     lq_body_decref(ks->body[1]);
-    free(ks->sig);
     free_strv(ks->names);
     free(ks);
 }
@@ -188,7 +184,6 @@ void lq_registry_free(lq_registry *r)
     while (r->clients)
         lq_registry_client_free(r, r->clients);
     free(r->touched);
-    lq_buf_release(&r->scratch);
     free(r);
 }
 
@@ -273,31 +268,33 @@ static char **strv_from_json(const json_t *arr, int top_level)
     return v;
 }
 
+static int strv_equal(char **a, char **b)
+{
+    if (a == NULL || b == NULL)
+        return a == b;
+    for (; *a && *b; a++, b++)
+        if (strcmp(*a, *b) != 0)
+            return 0;
+    return *a == *b;
+}
+
+/* The group's keyset for names (taken), shared with every subscriber of the
+ * group that asked for the same projection. */
 static keyset *keyset_get(group *g, char **names)
 {
-    lq_buf sig;
     keyset *ks;
 
-    lq_buf_init(&sig);
-    if (names)
-        for (char **p = names; *p; p++) {
-            lq_buf_puts(&sig, *p);
-            lq_buf_putc(&sig, ',');
-        }
     LL_FOREACH(g->keysets, ks) {
-        if ((ks->sig == NULL) == (names == NULL) && (ks->sig == NULL || strcmp(ks->sig, sig.data) == 0)) {
+        if (strv_equal(ks->names, names)) {
             ks->refs++;
-            lq_buf_release(&sig);
             free_strv(names);
             return ks;
         }
     }
     ks = lq_xcalloc(1, sizeof(*ks));
-    ks->sig = names ? lq_xstrdup(sig.data) : NULL;
     ks->names = names;
     ks->refs = 1;
     LL_PREPEND(g->keysets, ks);
-    lq_buf_release(&sig);
     return ks;
 }
 
@@ -374,9 +371,8 @@ int lq_registry_subscribe(lq_registry *r, lq_client *cl, const lq_request *req, 
                      r->lim.max_subscriptions);
         return LQ_ERR;
     }
-    r->scratch.len = 0;
-    lq_buf_json(&r->scratch, req->where);
-    if (r->scratch.len > r->lim.max_query_bytes) {
+    /* json_dumpb with no buffer only measures */
+    if (json_dumpb(req->where, NULL, 0, JSON_COMPACT) > r->lim.max_query_bytes) {
         lq_error_set(err, LQ_PARSE_ERR_INVALID_QUERY, "query is larger than %zu bytes",
                      r->lim.max_query_bytes);
         return LQ_ERR;

@@ -202,6 +202,22 @@ static void test_acl_and_watch(void)
         if (deliveries[i].rid == 2)
             ASSERT_TRUE(strstr(deliveries[i].body->data, "\"n\"") == NULL);
     reset();
+
+    /* keys ["status,n"] is one odd field name, not the projection [status, n] */
+    const char *comma = "{\"op\":\"subscribe\",\"requestId\":3,\"query\":{\"className\":\"B\",\"where\":{},"
+                        "\"keys\":[\"n,status\"]}}";
+    const char *pair = "{\"op\":\"subscribe\",\"requestId\":4,\"query\":{\"className\":\"B\",\"where\":{},"
+                       "\"keys\":[\"n\",\"status\"]}}";
+    ASSERT_EQ(subscribe(r, plain, comma, &err), LQ_OK);
+    ASSERT_EQ(subscribe(r, plain, pair, &err), LQ_OK);
+    ASSERT_EQ(publish(r, LQ_CHANGE_CREATE, "B", "{\"objectId\":\"o\",\"status\":\"b\",\"n\":2}", NULL), 5);
+    for (size_t i = 0; i < ndeliveries; i++) {
+        if (deliveries[i].rid == 3)
+            ASSERT_TRUE(strstr(deliveries[i].body->data, "\"n\"") == NULL);
+        if (deliveries[i].rid == 4)
+            ASSERT_TRUE(strstr(deliveries[i].body->data, "\"n\":2") != NULL);
+    }
+    reset();
     lq_registry_free(r);
 }
 
