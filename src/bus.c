@@ -66,10 +66,15 @@ static int object_ok(json_t *obj, const char *class_name)
 lq_change *lq_bus_parse(lq_bus_channel kind, const char *payload, size_t len, const char **reason)
 {
     json_error_t jerr;
-    json_t *root = json_loadb(payload, len, JSON_REJECT_DUPLICATES, &jerr);
+    json_t *root, *object, *original, *v;
     lq_change *ev = NULL;
-    json_t *object, *original, *v;
     const char *class_name;
+
+    if (len > LQ_BUS_MESSAGE_MAX) {
+        *reason = "larger than 16 MiB";
+        return NULL;
+    }
+    root = json_loadb(payload, len, JSON_REJECT_DUPLICATES, &jerr);
 
     if (!json_is_object(root)) {
         *reason = root ? "not a JSON object" : "not JSON";

@@ -25,6 +25,8 @@
 
 typedef struct lq_bus lq_bus;
 
+#define LQ_BUS_MESSAGE_MAX (16u << 20) /* bytes of one bus message (protocol/bus.md) */
+
 typedef void (*lq_bus_notify_fn)(void *ud);
 
 typedef enum lq_bus_channel {

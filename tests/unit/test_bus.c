@@ -1,4 +1,5 @@
 /* test_bus.c - bus message parsing (protocol/bus.md), both intakes. */
+#include <stdlib.h>
 #include <string.h>
 
 #include "livequery/bus.h"
@@ -87,9 +88,21 @@ static void test_invalid(void)
     }
 }
 
+static void test_too_large(void)
+{
+    size_t n = LQ_BUS_MESSAGE_MAX + 1;
+    char *big = malloc(n);
+    const char *why = NULL;
+
+    memset(big, ' ', n); /* never parsed: refused on size alone */
+    ASSERT_TRUE(lq_bus_parse(LQ_BUS_OURS, big, n, &why) == NULL);
+    free(big);
+    ASSERT_STREQ(why, "larger than 16 MiB");
+}
+
 int main(int argc, char **argv)
 {
     static const lq_test_case cases[] = {
-        {"ours", test_ours}, {"parse_server", test_parse_server}, {"invalid", test_invalid}, {NULL, NULL}};
+        {"ours", test_ours}, {"parse_server", test_parse_server}, {"invalid", test_invalid}, {"too_large", test_too_large}, {NULL, NULL}};
     return lq_test_run(cases, argc, argv);
 }
