@@ -12,6 +12,7 @@
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
+#include <uthash.h>
 
 #include "livequery/error.h"
 #include "livequery/jsonout.h"
@@ -24,6 +25,14 @@
 #define BACKOFF_MIN_MS 100
 #define BACKOFF_MAX_MS 5000
 
+/* What this gateway has delivered of one class published with seq/epoch. */
+typedef struct class_seq {
+    char name[LQ_CLASS_NAME_MAX + 1];
+    char epoch[40];
+    int64_t seq;
+    UT_hash_handle hh;
+} class_seq;
+
 struct lq_bus {
     const lq_config *cfg;
     lq_bus_notify_fn notify;
@@ -34,6 +43,11 @@ struct lq_bus {
     int stop_pipe[2];
     atomic_int stopping;
     atomic_int connected;
+
+    /* bus thread only: ordering and gap repair (protocol/bus.md) */
+    class_seq *seqs;
+    redisContext *cmd; /* a second connection, for XRANGE / HMGET; NULL until needed */
+    char *key_base;    /* <prefix><appId>: */
 
     pthread_mutex_t lock; /* guards head, tail, count */
     pthread_cond_t drained;
@@ -101,9 +115,28 @@ lq_change *lq_bus_parse(lq_bus_channel kind, const char *payload, size_t len, co
             ev->op = LQ_CHANGE_UPDATE;
         } else if (strcmp(op, "delete") == 0) {
             ev->op = LQ_CHANGE_DELETE;
+        } else if (strcmp(op, "resync") == 0) {
+            ev->op = LQ_CHANGE_RESYNC;
         } else {
-            *reason = "op is not create, update or delete";
+            *reason = "op is not create, update, delete or resync";
             goto fail;
+        }
+        v = json_object_get(root, "epoch");
+        if (v && (!json_is_string(v) || json_string_length(v) == 0 ||
+                  json_string_length(v) >= sizeof(ev->epoch))) {
+            *reason = "epoch is not a string of 1 to 39 bytes";
+            goto fail;
+        }
+        if (v)
+            memcpy(ev->epoch, json_string_value(v), json_string_length(v) + 1);
+        if (ev->op == LQ_CHANGE_RESYNC) {
+            if (!lq_class_name_valid(class_name) || !v) {
+                *reason = "resync without className or epoch";
+                goto fail;
+            }
+            strcpy(ev->class_name, class_name);
+            json_decref(root);
+            return ev;
         }
         v = json_object_get(root, "seq");
         if (v && (!json_is_integer(v) || json_integer_value(v) < 1)) {
@@ -212,6 +245,189 @@ static int nap(lq_bus *b, int ms)
     return atomic_load(&b->stopping);
 }
 
+/*---- ordering, duplicates and gap repair ------------------------------------------*/
+
+static redisContext *cmd_conn(lq_bus *b)
+{
+    if (b->cmd)
+        return b->cmd;
+    struct timeval tv = {2, 0};
+    redisContext *c = redisConnectWithTimeout(b->cfg->redis_host, b->cfg->redis_port, tv);
+    redisReply *r = NULL;
+    if (c == NULL || c->err)
+        goto fail;
+    redisSetTimeout(c, tv);
+    if (b->cfg->redis_password) {
+        r = redisCommand(c, "AUTH %s", b->cfg->redis_password);
+        if (r == NULL || r->type == REDIS_REPLY_ERROR)
+            goto fail;
+        freeReplyObject(r);
+    }
+    if (b->cfg->redis_db) {
+        r = redisCommand(c, "SELECT %d", b->cfg->redis_db);
+        if (r == NULL || r->type == REDIS_REPLY_ERROR)
+            goto fail;
+        freeReplyObject(r);
+    }
+    return b->cmd = c;
+fail:
+    if (r)
+        freeReplyObject(r);
+    if (c)
+        redisFree(c);
+    return NULL;
+}
+
+static void cmd_drop(lq_bus *b)
+{
+    if (b->cmd)
+        redisFree(b->cmd);
+    b->cmd = NULL;
+}
+
+/* Tells the class's subscribers to resubscribe; st takes the new epoch. */
+static int resync(lq_bus *b, class_seq *st, const char *epoch, int64_t seq, const char *why)
+{
+    lq_change *ev = lq_xcalloc(1, sizeof(*ev));
+    ev->op = LQ_CHANGE_RESYNC;
+    strcpy(ev->class_name, st->name);
+    snprintf(ev->epoch, sizeof(ev->epoch), "%s", epoch);
+    LQ_WARN("events lost: the class's subscribers are told to resync", "class=%s reason=\"%s\" old_epoch=%s epoch=%s last_seq=%lld",
+            st->name, why, st->epoch, epoch, (long long)st->seq);
+    snprintf(st->epoch, sizeof(st->epoch), "%s", epoch);
+    st->seq = seq;
+    LQ_METRIC_INC(bus_resyncs);
+    return enqueue(b, ev);
+}
+
+/* Queues the events after st->seq up to `to` (inclusive; INT64_MAX: all)
+ * from the class's history stream. Returns 1 (wake), 0 (nothing queued), or
+ * -1 when history cannot fill the gap (caller resyncs). */
+static int repair(lq_bus *b, class_seq *st, int64_t to, int *wake)
+{
+    char from_id[32], to_id[32];
+    redisContext *c = cmd_conn(b);
+    redisReply *r;
+    int64_t expect = st->seq + 1;
+
+    if (c == NULL)
+        return -1;
+    snprintf(from_id, sizeof(from_id), "%lld-0", (long long)expect);
+    if (to == INT64_MAX)
+        snprintf(to_id, sizeof(to_id), "+");
+    else
+        snprintf(to_id, sizeof(to_id), "%lld-0", (long long)to);
+    r = redisCommand(c, "XRANGE %sstream:%s %s %s", b->key_base, st->name, from_id, to_id);
+    if (r == NULL || r->type != REDIS_REPLY_ARRAY) {
+        if (r == NULL)
+            cmd_drop(b);
+        else
+            freeReplyObject(r);
+        return -1;
+    }
+    for (size_t i = 0; i < r->elements; i++) {
+        redisReply *e = r->element[i], *f;
+        const char *reason = NULL;
+        lq_change *ev = NULL;
+        if (e->type == REDIS_REPLY_ARRAY && e->elements == 2 && (f = e->element[1])->type == REDIS_REPLY_ARRAY &&
+            f->elements >= 2 && f->element[1]->type == REDIS_REPLY_STRING)
+            ev = lq_bus_parse(LQ_BUS_OURS, f->element[1]->str, f->element[1]->len, &reason);
+        if (ev == NULL || ev->seq != expect || strcmp(ev->epoch, st->epoch) != 0) {
+            lq_change_free(ev);
+            break;
+        }
+        st->seq = expect++;
+        LQ_METRIC_INC(bus_gaps_repaired);
+        LQ_METRIC_INC(events_in);
+        *wake |= enqueue(b, ev);
+    }
+    freeReplyObject(r);
+    return to == INT64_MAX || st->seq == to ? 0 : -1;
+}
+
+/* Orders one of our events that carries seq/epoch (or a resync): drops
+ * repeats, repairs gaps from the history stream before delivering, and
+ * turns lost history into a resync. Returns 1 when the service thread must
+ * be woken. */
+static int sequence(lq_bus *b, lq_change *ev)
+{
+    class_seq *st;
+    int wake = 0;
+
+    HASH_FIND_STR(b->seqs, ev->class_name, st);
+    if (ev->op == LQ_CHANGE_RESYNC) {
+        if (st == NULL) {
+            st = lq_xcalloc(1, sizeof(*st));
+            strcpy(st->name, ev->class_name);
+            HASH_ADD_STR(b->seqs, name, st);
+        } else if (strcmp(st->epoch, ev->epoch) == 0) {
+            lq_change_free(ev); /* already resynced to this epoch */
+            return 0;
+        }
+        LQ_WARN("publisher started a new epoch: the class's subscribers are told to resync",
+                "class=%s old_epoch=%s epoch=%s", ev->class_name, st->epoch, ev->epoch);
+        snprintf(st->epoch, sizeof(st->epoch), "%s", ev->epoch);
+        st->seq = 0;
+        LQ_METRIC_INC(bus_resyncs);
+        return enqueue(b, ev);
+    }
+    if (st == NULL) { /* the first we hear of the class: nothing before it was promised */
+        st = lq_xcalloc(1, sizeof(*st));
+        strcpy(st->name, ev->class_name);
+        snprintf(st->epoch, sizeof(st->epoch), "%s", ev->epoch);
+        st->seq = ev->seq;
+        HASH_ADD_STR(b->seqs, name, st);
+        LQ_METRIC_INC(events_in);
+        return enqueue(b, ev);
+    }
+    if (strcmp(st->epoch, ev->epoch) != 0) {
+        wake |= resync(b, st, ev->epoch, ev->seq, "new epoch");
+    } else if (ev->seq <= st->seq) {
+        LQ_METRIC_INC(bus_duplicates_dropped);
+        LQ_DEBUG("bus event dropped: seq already delivered", "class=%s seq=%lld last=%lld",
+                 ev->class_name, (long long)ev->seq, (long long)st->seq);
+        lq_change_free(ev);
+        return 0;
+    } else if (ev->seq > st->seq + 1) {
+        int64_t had = st->seq;
+        if (repair(b, st, ev->seq - 1, &wake) < 0)
+            wake |= resync(b, st, ev->epoch, ev->seq, "gap older than the history stream");
+        else
+            LQ_INFO("bus gap repaired from the history stream", "class=%s from=%lld to=%lld",
+                    ev->class_name, (long long)had + 1, (long long)ev->seq - 1);
+    }
+    st->seq = ev->seq;
+    LQ_METRIC_INC(events_in);
+    return wake | enqueue(b, ev);
+}
+
+/* After a reconnect: whatever was published while we were away is read from
+ * the history streams, or the class resyncs. Returns 1 to wake. */
+static int catch_up(lq_bus *b)
+{
+    class_seq *st, *tmp;
+    int wake = 0;
+
+    HASH_ITER(hh, b->seqs, st, tmp)
+    {
+        redisContext *c = cmd_conn(b);
+        redisReply *r = c ? redisCommand(c, "HMGET %stailer:%s epoch seq", b->key_base, st->name) : NULL;
+        if (r && r->type == REDIS_REPLY_ARRAY && r->elements == 2 &&
+            r->element[0]->type == REDIS_REPLY_STRING && r->element[1]->type == REDIS_REPLY_STRING) {
+            int64_t seq = strtoll(r->element[1]->str, NULL, 10);
+            if (strcmp(r->element[0]->str, st->epoch) != 0)
+                wake |= resync(b, st, r->element[0]->str, seq, "new epoch while disconnected");
+            else if (seq > st->seq && repair(b, st, seq, &wake) < 0)
+                wake |= resync(b, st, st->epoch, seq, "missed events older than the history stream");
+        } else if (r == NULL) {
+            cmd_drop(b);
+        }
+        if (r)
+            freeReplyObject(r);
+    }
+    return wake;
+}
+
 /* Handles one reply; returns 1 when the service thread must be woken. */
 static int handle_reply(lq_bus *b, redisReply *rep)
 {
@@ -225,6 +441,7 @@ static int handle_reply(lq_bus *b, redisReply *rep)
             LQ_METRIC_INC(bus_connects);
             LQ_INFO("redis subscribed", "host=%s port=%d channel=%s", b->cfg->redis_host,
                     b->cfg->redis_port, b->channels[0]);
+            return catch_up(b);
         }
         return 0;
     }
@@ -243,6 +460,8 @@ static int handle_reply(lq_bus *b, redisReply *rep)
                 rep->element[2]->len);
         return 0;
     }
+    if (kind == LQ_BUS_OURS && (ev->seq > 0 || ev->op == LQ_CHANGE_RESYNC))
+        return sequence(b, ev);
     LQ_METRIC_INC(events_in);
     return enqueue(b, ev);
 }
@@ -371,6 +590,7 @@ lq_bus *lq_bus_new(const lq_config *cfg, lq_bus_notify_fn notify, void *ud)
     b->channels[0] = format(cfg->channel_prefix, cfg->app_id, ":changes");
     b->channels[1] = format("", cfg->app_id, "afterSave");
     b->channels[2] = format("", cfg->app_id, "afterDelete");
+    b->key_base = format(cfg->channel_prefix, cfg->app_id, ":");
     pthread_mutex_init(&b->lock, NULL);
     pthread_cond_init(&b->drained, NULL);
     if (pipe(b->stop_pipe) != 0)
@@ -414,6 +634,14 @@ void lq_bus_free(lq_bus *b)
     }
     for (int i = 0; i < 3; i++)
         free(b->channels[i]);
+    free(b->key_base);
+    cmd_drop(b);
+    class_seq *st, *tmp;
+    HASH_ITER(hh, b->seqs, st, tmp)
+    {
+        HASH_DEL(b->seqs, st);
+        free(st);
+    }
     if (b->stop_pipe[0] >= 0) {
         close(b->stop_pipe[0]);
         close(b->stop_pipe[1]);

@@ -41,6 +41,8 @@ lq_event_type lq_event_classify(lq_change_op op, int has_original, int orig_visi
                                 int cur_visible)
 {
     switch (op) {
+    case LQ_CHANGE_RESYNC:
+        return LQ_EV_NONE;
     case LQ_CHANGE_DELETE:
         return cur_visible ? LQ_EV_DELETE : LQ_EV_NONE;
     case LQ_CHANGE_CREATE:

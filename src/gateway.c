@@ -463,6 +463,28 @@ static void deliver(void *connp, lq_body *body, lq_event_type type, double rid, 
     enqueue(ud, connp, body, type, rid);
 }
 
+/* The class's history is lost: every connection subscribed to it gets an
+ * error with reconnect:true and is closed, so SDKs reconnect, resubscribe
+ * and refetch (protocol/PROTOCOL.md "Resync"). */
+static void resync_class(lq_gateway *gw, const lq_change *ev)
+{
+    lq_error err;
+    int n = 0;
+
+    lq_error_set(&err, LQ_PARSE_ERR_RESYNC,
+                 "Live query events for class %s were lost; reconnect and resubscribe to resync",
+                 ev->class_name);
+    for (conn *c = gw->conns; c; c = c->next) {
+        if (c->client == NULL || c->closing || !lq_registry_client_watches(c->client, ev->class_name))
+            continue;
+        send_error(gw, c, &err, 1, 0, 0);
+        close_after_flush(c, 1012, "resync");
+        n++;
+    }
+    LQ_WARN("subscribers told to resync", "class=%s epoch=%s connections=%d", ev->class_name,
+            ev->epoch, n);
+}
+
 static void drain_bus(lq_gateway *gw)
 {
     lq_change *ev, *next;
@@ -474,7 +496,10 @@ static void drain_bus(lq_gateway *gw)
     gw->dispatching = 1;
     for (ev = lq_bus_take(gw->bus); ev; ev = next) {
         next = ev->next;
-        n += lq_registry_dispatch(gw->reg, ev, now, deliver, gw);
+        if (ev->op == LQ_CHANGE_RESYNC)
+            resync_class(gw, ev);
+        else
+            n += lq_registry_dispatch(gw->reg, ev, now, deliver, gw);
         lq_change_free(ev);
     }
     gw->dispatching = 0;

@@ -214,6 +214,14 @@ int lq_registry_client_count(const lq_client *c)
     return c->nsubs;
 }
 
+int lq_registry_client_watches(const lq_client *c, const char *class_name)
+{
+    for (const sub *s = c->subs; s; s = s->hh.next)
+        if (strcmp(s->g->c->name, class_name) == 0)
+            return 1;
+    return 0;
+}
+
 size_t lq_registry_group_count(const lq_registry *r)
 {
     return r->ngroups;

@@ -25,6 +25,7 @@ enum {
     LQ_PARSE_ERR_NO_CLIENT = 2,        /* not connected / unknown subscription */
     LQ_PARSE_ERR_UNKNOWN_OP = 3,
     LQ_PARSE_ERR_KEY = 4,              /* applicationId or key not valid */
+    LQ_PARSE_ERR_RESYNC = 100,         /* Parse.Error.CONNECTION_FAILED: events were lost, resubscribe */
     LQ_PARSE_ERR_INVALID_QUERY = 102,  /* Parse.Error.INVALID_QUERY */
     LQ_PARSE_ERR_LIMIT = 155,          /* Parse.Error.REQUEST_LIMIT_EXCEEDED */
 };

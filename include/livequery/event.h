@@ -14,7 +14,12 @@
 #include <stddef.h>
 #include <stdint.h>
 
-typedef enum lq_change_op { LQ_CHANGE_CREATE, LQ_CHANGE_UPDATE, LQ_CHANGE_DELETE } lq_change_op;
+typedef enum lq_change_op {
+    LQ_CHANGE_CREATE,
+    LQ_CHANGE_UPDATE,
+    LQ_CHANGE_DELETE,
+    LQ_CHANGE_RESYNC, /* history of the class was lost: its subscribers must resubscribe (no object) */
+} lq_change_op;
 
 #define LQ_CLASS_NAME_MAX 128
 
@@ -23,9 +28,10 @@ typedef struct lq_change {
     struct lq_change *next;               /* hand-off queue link */
     char class_name[LQ_CLASS_NAME_MAX + 1];
     lq_change_op op;
-    json_t *object;   /* owned: REST JSON after the change (the deleted object for delete) */
+    json_t *object;   /* owned: REST JSON after the change (the deleted object for delete); NULL for resync */
     json_t *original; /* owned: REST JSON before the change, or NULL */
     int64_t seq;      /* 0 when the publisher gave none */
+    char epoch[40];   /* "" when the publisher gave none */
     int64_t ts_ms;    /* publish time, 0 when unknown */
 } lq_change;
 

@@ -48,6 +48,9 @@ void lq_registry_client_free(lq_registry *r, lq_client *c);
 /* Number of subscriptions the client holds. */
 int lq_registry_client_count(const lq_client *c);
 
+/* 1 when c has a subscription on class_name. */
+int lq_registry_client_watches(const lq_client *c, const char *class_name);
+
 /* Subscribes c with a validated subscribe/update request (borrowed; nothing
  * is kept from it). A subscription with the same requestId is replaced.
  * Returns LQ_OK, or LQ_ERR with err set (102 invalid query or className,

@@ -66,7 +66,7 @@ static void test_invalid(void)
         {LQ_BUS_OURS, "[1]", "not a JSON object"},
         {LQ_BUS_OURS, "{\"className\":\"B\",\"op\":\"create\",\"object\":{\"objectId\":\"a\"}}", "unsupported or missing version v"},
         {LQ_BUS_OURS, "{\"v\":2,\"className\":\"B\",\"op\":\"create\",\"object\":{\"objectId\":\"a\"}}", "unsupported or missing version v"},
-        {LQ_BUS_OURS, "{\"v\":1,\"className\":\"B\",\"op\":\"upsert\",\"object\":{\"objectId\":\"a\"}}", "op is not create, update or delete"},
+        {LQ_BUS_OURS, "{\"v\":1,\"className\":\"B\",\"op\":\"upsert\",\"object\":{\"objectId\":\"a\"}}", "op is not create, update, delete or resync"},
         {LQ_BUS_OURS, "{\"v\":1,\"className\":\"B\",\"object\":{\"objectId\":\"a\"}}", "missing op"},
         {LQ_BUS_OURS, "{\"v\":1,\"className\":\"B-1\",\"op\":\"create\",\"object\":{\"objectId\":\"a\"}}", "missing or invalid className"},
         {LQ_BUS_OURS, "{\"v\":1,\"className\":\"B\",\"op\":\"create\"}", "object is missing, has no objectId, or names another class"},
