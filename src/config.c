@@ -4,6 +4,7 @@
  */
 #include "livequery/config.h"
 
+#include <ctype.h>
 #include <errno.h>
 #include <limits.h>
 #include <stdlib.h>
@@ -16,7 +17,7 @@
 #define LQ_VERSION "0.1.0"
 #endif
 
-typedef enum { T_STR, T_INT, T_SIZE, T_REDIS_URL, T_LOG_LEVEL, T_EVENT_LOOP } setting_type;
+typedef enum { T_STR, T_INT, T_SIZE, T_REDIS_URL, T_LOG_LEVEL, T_EVENT_LOOP, T_ROLE, T_FULLDOC } setting_type;
 
 typedef struct setting {
     const char *flag; /* without the leading -- */
@@ -61,6 +62,26 @@ static const setting settings[] = {
      "error, warn, info or debug"},
     {"event-loop", "LIVEQUERY_EVENT_LOOP", T_EVENT_LOOP, OFF(event_loop), 0, 0, "uv",
      "uv (libuv: epoll, cost per wake-up independent of idle connections) or poll (lws' own poll())"},
+    {"role", "LIVEQUERY_ROLE", T_ROLE, OFF(role), 0, 0, "both",
+     "gateway, tailer or both (the tailer runs only when --mongodb-uri is set)"},
+    {"mongodb-uri", "LIVEQUERY_MONGODB_URI", T_STR, OFF(mongodb_uri), 0, 0, NULL,
+     "MongoDB replica set the tailer reads change streams from (database from the URI path, default parse)"},
+    {"classes", "LIVEQUERY_CLASSES", T_STR, OFF(classes), 0, 0, "SigningSchedule,BookStockLog",
+     "comma-separated Parse classes the tailer watches"},
+    {"collection-prefix", "LIVEQUERY_COLLECTION_PREFIX", T_STR, OFF(collection_prefix), 0, 0, "",
+     "Parse Server's collectionPrefix"},
+    {"full-document", "LIVEQUERY_FULL_DOCUMENT", T_FULLDOC, OFF(full_document), 0, 0, "updateLookup",
+     "change stream fullDocument: updateLookup, or whenAvailable / required with post-images"},
+    {"files-url-prefix", "LIVEQUERY_FILES_URL_PREFIX", T_STR, OFF(files_url_prefix), 0, 0, NULL,
+     "File fields get url = prefix + name, e.g. https://host/parse/files/APPID/"},
+    {"tailer-id", "LIVEQUERY_TAILER_ID", T_STR, OFF(tailer_id), 0, 0, NULL,
+     "this tailer's name in the lease; default host:pid:random"},
+    {"stream-max-len", "LIVEQUERY_STREAM_MAX_LEN", T_SIZE, OFF(stream_max_len), 1, 100000000,
+     "10000", "events kept per class in Redis for gap repair"},
+    {"lease-ttl", "LIVEQUERY_LEASE_TTL", T_INT, OFF(lease_ttl_ms), 500, 600000, "5000",
+     "milliseconds a tailer lease lives unless renewed (every ttl/5); a standby takes over after it"},
+    {"tailer-cache-size", "LIVEQUERY_TAILER_CACHE_SIZE", T_INT, OFF(tailer_cache_size), 0,
+     10000000, "10000", "last-seen objects kept per class for original and deletes without pre-images"},
 };
 #define NSETTINGS (sizeof(settings) / sizeof(settings[0]))
 
@@ -174,6 +195,28 @@ static int apply(lq_config *cfg, const setting *s, const char *val, FILE *err, c
             return -1;
         }
         return 0;
+    case T_ROLE:
+        if (strcmp(val, "gateway") == 0)
+            *(int *)field = LQ_ROLE_GATEWAY;
+        else if (strcmp(val, "tailer") == 0)
+            *(int *)field = LQ_ROLE_TAILER;
+        else if (strcmp(val, "both") == 0)
+            *(int *)field = LQ_ROLE_BOTH;
+        else {
+            fprintf(err, "livequeryd: %s: '%s' is not one of gateway, tailer, both\n", origin, val);
+            return -1;
+        }
+        return 0;
+    case T_FULLDOC:
+        if (strcmp(val, "updateLookup") != 0 && strcmp(val, "whenAvailable") != 0 &&
+            strcmp(val, "required") != 0) {
+            fprintf(err, "livequeryd: %s: '%s' is not one of updateLookup, whenAvailable, required\n",
+                    origin, val);
+            return -1;
+        }
+        free(*(char **)field);
+        *(char **)field = lq_xstrdup(val);
+        return 0;
     case T_INT:
     case T_SIZE: {
         errno = 0;
@@ -254,6 +297,33 @@ int lq_config_parse(lq_config *cfg, int argc, char **argv, FILE *out, FILE *err)
         fprintf(err, "livequeryd: --app-id (or LIVEQUERY_APP_ID) is required\n");
         goto fail;
     }
+    if (cfg->role == LQ_ROLE_TAILER && cfg->mongodb_uri == NULL) {
+        fprintf(err, "livequeryd: --role tailer needs --mongodb-uri (or LIVEQUERY_MONGODB_URI)\n");
+        goto fail;
+    }
+    if (cfg->mongodb_uri) {
+        /* every class must be a valid name: it becomes a collection, a key and a channel field */
+        const char *p = cfg->classes;
+        int n = 0;
+        while (*p) {
+            size_t len = strcspn(p, ",");
+            int ok = len > 0 && len <= 128 && (isalpha((unsigned char)p[0]) || p[0] == '_');
+            for (size_t j = 1; ok && j < len; j++)
+                ok = isalnum((unsigned char)p[j]) || p[j] == '_';
+            if (!ok) {
+                fprintf(err, "livequeryd: --classes: '%.*s' is not a Parse class name\n", (int)len, p);
+                goto fail;
+            }
+            n++;
+            p += len;
+            if (*p == ',')
+                p++;
+        }
+        if (n == 0) {
+            fprintf(err, "livequeryd: --classes: no class given\n");
+            goto fail;
+        }
+    }
     if (cfg->master_key && cfg->master_key[0] == '\0') {
         free(cfg->master_key);
         cfg->master_key = NULL;
@@ -274,5 +344,11 @@ void lq_config_release(lq_config *cfg)
     free(cfg->app_id);
     free(cfg->master_key);
     free(cfg->channel_prefix);
+    free(cfg->mongodb_uri);
+    free(cfg->classes);
+    free(cfg->collection_prefix);
+    free(cfg->full_document);
+    free(cfg->files_url_prefix);
+    free(cfg->tailer_id);
     memset(cfg, 0, sizeof(*cfg));
 }

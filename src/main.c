@@ -1,4 +1,4 @@
-/* main.c - wiring only: configuration, logging, signals, the gateway. */
+/* main.c - wiring only: configuration, logging, signals, the gateway and the tailer. */
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
@@ -7,12 +7,15 @@
 #include "livequery/config.h"
 #include "livequery/gateway.h"
 #include "livequery/log.h"
+#include "livequery/tailer.h"
 
 static lq_gateway *the_gateway;
+static volatile sig_atomic_t stop_requested;
 
 static void on_signal(int sig)
 {
     (void)sig;
+    stop_requested = 1;
     if (the_gateway)
         lq_gateway_stop(the_gateway);
 }
@@ -41,20 +44,45 @@ int main(int argc, char **argv)
     raise_fd_limit();
     signal(SIGPIPE, SIG_IGN);
 
-    the_gateway = lq_gateway_new(&cfg);
-    if (the_gateway == NULL) {
-        lq_config_release(&cfg);
-        return 1;
-    }
     memset(&sa, 0, sizeof(sa));
     sa.sa_handler = on_signal;
     sigaction(SIGINT, &sa, NULL);
     sigaction(SIGTERM, &sa, NULL);
 
-    rc = lq_gateway_run(the_gateway);
+    lq_tailer *tailer = NULL;
+    if ((cfg.role & LQ_ROLE_TAILER) && cfg.mongodb_uri) {
+        tailer = lq_tailer_new(&cfg);
+        if (tailer == NULL || lq_tailer_start(tailer) != 0) {
+            lq_tailer_free(tailer);
+            lq_config_release(&cfg);
+            return 1;
+        }
+    } else if (cfg.role & LQ_ROLE_TAILER) {
+        LQ_INFO("no --mongodb-uri: the tailer does not run; events come from Redis only", NULL);
+    }
+    rc = 0;
+    if (cfg.role & LQ_ROLE_GATEWAY) {
+        the_gateway = lq_gateway_new(&cfg);
+        if (the_gateway == NULL) {
+            lq_tailer_free(tailer);
+            lq_config_release(&cfg);
+            return 1;
+        }
+        rc = lq_gateway_run(the_gateway);
+    } else {
+        sigset_t block, old;
+        sigemptyset(&block);
+        sigaddset(&block, SIGINT);
+        sigaddset(&block, SIGTERM);
+        sigprocmask(SIG_BLOCK, &block, &old); /* no signal between the test and the wait */
+        while (!stop_requested)
+            sigsuspend(&old);
+        sigprocmask(SIG_SETMASK, &old, NULL);
+    }
     LQ_INFO("shutting down", NULL);
     lq_gateway_free(the_gateway);
     the_gateway = NULL;
+    lq_tailer_free(tailer);
     lq_config_release(&cfg);
     return rc == 0 ? 0 : 1;
 }

@@ -13,6 +13,9 @@
 
 enum { LQ_LOOP_UV = 0, LQ_LOOP_POLL = 1 };
 
+/* Roles: which halves of livequeryd this process runs (bit set). */
+enum { LQ_ROLE_GATEWAY = 1, LQ_ROLE_TAILER = 2, LQ_ROLE_BOTH = 3 };
+
 typedef struct lq_config {
     char *host;            /* bind address; default 127.0.0.1 */
     int port;              /* default 1337 */
@@ -34,6 +37,17 @@ typedef struct lq_config {
     int ping_interval_s;        /* WebSocket ping period; a peer silent for 2 periods is dropped; default 10 */
     int log_level;              /* 0 error, 1 warn, 2 info, 3 debug; default 2 */
     int event_loop;             /* LQ_LOOP_UV (epoll, the default) or LQ_LOOP_POLL */
+
+    int role;                   /* LQ_ROLE_*; default both (the tailer only with mongodb_uri) */
+    char *mongodb_uri;          /* NULL: no tailer */
+    char *classes;              /* comma-separated classes the tailer watches */
+    char *collection_prefix;    /* Parse collectionPrefix; default "" */
+    char *full_document;        /* change stream fullDocument: updateLookup (default), whenAvailable, required */
+    char *files_url_prefix;     /* File url = prefix + name; NULL: files carry no url */
+    char *tailer_id;            /* lease owner name; default host:pid:random */
+    size_t stream_max_len;      /* entries kept per class in the Redis history stream; default 10000 */
+    int lease_ttl_ms;           /* tailer lease; renewed every ttl/5; default 5000 */
+    int tailer_cache_size;      /* last-seen objects kept per class without pre-images; default 10000 */
 } lq_config;
 
 /* Parses argv and the environment into *cfg (zeroed first).

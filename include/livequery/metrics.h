@@ -28,7 +28,28 @@
     X(bus_connected, gauge, "1 while the Redis subscriber is connected")                          \
     X(slow_consumers_closed, counter, "connections closed: outbound queue over its byte limit")   \
     X(queued_bytes, gauge, "bytes waiting in outbound queues")                                     \
-    X(bytes_out, counter, "bytes written to WebSocket clients")
+    X(bytes_out, counter, "bytes written to WebSocket clients")                                    \
+    X(bus_duplicates_dropped, counter, "bus events dropped: seq already delivered")               \
+    X(bus_gaps_repaired, counter, "bus events recovered from the history stream after a seq gap") \
+    X(bus_resyncs, counter, "classes whose subscribers were told to resync")                      \
+    X(tailer_leader, gauge, "1 while this process holds the tailer lease")                        \
+    X(tailer_lease_acquired, counter, "tailer lease acquisitions")                                 \
+    X(tailer_lease_lost, counter, "tailer leases lost or given up")                                \
+    X(tailer_events_in, counter, "change events read from MongoDB")                                \
+    X(tailer_events_published, counter, "change events published to Redis")                        \
+    X(tailer_events_unconvertible, counter, "change events skipped: document without _id")        \
+    X(tailer_publish_retries, counter, "publish attempts retried (Redis unreachable or failing)")  \
+    X(tailer_streams_opened, counter, "change streams opened (first open and every re-open)")     \
+    X(tailer_stream_errors, counter, "change streams that failed")                                 \
+    X(tailer_resumes, counter, "change streams re-opened from the stored token after a failure")  \
+    X(tailer_history_lost, counter, "change streams whose resume point was gone (new epoch)")     \
+    X(tailer_epochs, counter, "new epochs started (history lost or invalidate)")                  \
+    X(tailer_schema_loads, counter, "_SCHEMA (re)loads")                                           \
+    X(tailer_cache_hits, counter, "original or deleted object found in the last-seen cache")      \
+    X(tailer_cache_misses, counter, "original or deleted object not in the last-seen cache")      \
+    X(tailer_updates_without_original, counter, "updates published without original")             \
+    X(tailer_updates_without_document, counter, "updates skipped: document deleted before lookup") \
+    X(tailer_deletes_acl_unknown, counter, "deletes published master-only: ACL unknown")
 
 typedef struct lq_metrics {
 #define LQ_METRIC_FIELD(name, kind, help) _Atomic int64_t name;

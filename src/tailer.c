@@ -1,0 +1,1099 @@
+/*
+ * tailer.c - MongoDB change streams into Redis; see tailer.h and
+ * protocol/bus.md "The tailer".
+ */
+#include "livequery/tailer.h"
+
+#include <errno.h>
+#include <hiredis/hiredis.h>
+#include <mongoc/mongoc.h>
+#include <poll.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+#include <time.h>
+#include <unistd.h>
+#include <uthash.h>
+
+#include "livequery/error.h"
+#include "livequery/event.h"
+#include "livequery/jsonout.h"
+#include "livequery/log.h"
+#include "livequery/metrics.h"
+#include "livequery/parsedoc.h"
+
+#define BACKOFF_MIN_MS 100
+#define BACKOFF_MAX_MS 5000
+#define AWAIT_MS 1000         /* maxAwaitTimeMS of a getMore: how often an idle stream looks up */
+#define TOKEN_IDLE_MS 1000    /* an idle stream stores its advancing resume token this often */
+#define REDIS_TIMEOUT_S 5
+
+/* One script does every write, so each is atomic and fenced by the lease.
+ * KEYS: lease, state hash, stream.  ARGV: owner, mode, epoch, seq, token,
+ * message, maxlen, channel.  Modes:
+ *   event  - state must be (epoch, seq): XADD seq+1, PUBLISH, store seq+1 and token
+ *   token  - state must be (epoch, seq): store the token only
+ *   epoch  - start a new epoch: clear the stream, seq 0, token; PUBLISH message if any */
+static const char PUBLISH_LUA[] =
+    "if redis.call('GET', KEYS[1]) ~= ARGV[1] then return redis.error_reply('NOTLEADER lease not held') end\n"
+    "if ARGV[2] == 'epoch' then\n"
+    "  redis.call('DEL', KEYS[3])\n"
+    "  redis.call('HSET', KEYS[2], 'epoch', ARGV[3], 'seq', 0, 'token', ARGV[5])\n"
+    "  if ARGV[6] ~= '' then redis.call('PUBLISH', ARGV[8], ARGV[6]) end\n"
+    "  return 0\n"
+    "end\n"
+    "local st = redis.call('HMGET', KEYS[2], 'epoch', 'seq')\n"
+    "if st[1] ~= ARGV[3] or tonumber(st[2]) ~= tonumber(ARGV[4]) then return redis.error_reply('STALE state moved') end\n"
+    "if ARGV[2] == 'token' then redis.call('HSET', KEYS[2], 'token', ARGV[5]) return tonumber(ARGV[4]) end\n"
+    "local seq = tonumber(ARGV[4]) + 1\n"
+    "redis.call('XADD', KEYS[3], 'MAXLEN', ARGV[7], seq .. '-0', 'm', ARGV[6])\n"
+    "redis.call('PUBLISH', ARGV[8], ARGV[6])\n"
+    "redis.call('HSET', KEYS[2], 'seq', seq, 'token', ARGV[5])\n"
+    "return seq\n";
+
+static const char RENEW_LUA[] =
+    "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end\n"
+    "return 0\n";
+static const char RELEASE_LUA[] =
+    "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end\n"
+    "return 0\n";
+
+/* Last-seen objects of one class (without pre-images), least recently used first. */
+typedef struct cached {
+    char *id;
+    json_t *obj;
+    UT_hash_handle hh;
+} cached;
+
+typedef struct stream_ctx {
+    lq_tailer *t;
+    char class_name[LQ_CLASS_NAME_MAX + 1];
+    char *collection;
+    int is_schema; /* the _SCHEMA watcher: reloads the schema, publishes nothing */
+    int master_only; /* _Session, _Installation, ...: stored without ACL, never public */
+    pthread_t thread;
+    int started;
+    redisContext *redis;
+    char sha[41]; /* of PUBLISH_LUA on this connection's server */
+
+    /* the published state, as Redis has it */
+    int64_t seq;
+    char epoch[40];
+    char *token; /* canonical extended JSON of the stored resume token, or NULL */
+
+    char *state_key, *stream_key;
+    cached *cache;
+    size_t ncache;
+} stream_ctx;
+
+struct lq_tailer {
+    const lq_config *cfg;
+    mongoc_uri_t *uri;
+    mongoc_client_pool_t *pool;
+    const char *db;
+    char id[160];
+    char *lease_key, *channel;
+    lq_parsedoc_opts conv;
+
+    atomic_int stopping;
+    atomic_int leader;     /* 1 while the lease is ours */
+    atomic_int generation; /* +1 at every acquisition: stream threads restart their state */
+    int stop_pipe[2];
+    pthread_t lease_thread;
+    int started;
+
+    stream_ctx *streams; /* the classes, then the _SCHEMA watcher */
+    size_t nstreams;
+
+    pthread_mutex_t schema_lock;
+    lq_schema *schema;
+    int schema_generation; /* leadership generation the schema was loaded in */
+};
+
+static int64_t now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static int64_t wall_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* Sleeps ms, or less when stopping. Returns 1 when stopping. */
+static int nap(lq_tailer *t, int ms)
+{
+    struct pollfd p = {t->stop_pipe[0], POLLIN, 0};
+    if (!atomic_load(&t->stopping))
+        poll(&p, 1, ms);
+    return atomic_load(&t->stopping);
+}
+
+static char *concat(const char *a, const char *b, const char *c)
+{
+    lq_buf s;
+    lq_buf_init(&s);
+    lq_buf_puts(&s, a);
+    lq_buf_puts(&s, b);
+    lq_buf_puts(&s, c);
+    return s.data;
+}
+
+static void random_hex(char *out, size_t nbytes)
+{
+    unsigned char raw[32];
+    static const char hex[] = "0123456789abcdef";
+    if (nbytes > sizeof(raw))
+        nbytes = sizeof(raw);
+    if (getrandom(raw, nbytes, 0) != (ssize_t)nbytes) {
+        uint64_t x = (uint64_t)wall_ms() ^ ((uint64_t)getpid() << 32) ^ (uint64_t)(uintptr_t)out;
+        for (size_t i = 0; i < nbytes; i++) {
+            x = x * 6364136223846793005ULL + 1442695040888963407ULL;
+            raw[i] = (unsigned char)(x >> 56);
+        }
+    }
+    for (size_t i = 0; i < nbytes; i++) {
+        out[2 * i] = hex[raw[i] >> 4];
+        out[2 * i + 1] = hex[raw[i] & 15];
+    }
+    out[2 * nbytes] = '\0';
+}
+
+/*---- Redis -------------------------------------------------------------------*/
+
+/* A blocking connection with timeouts, authenticated, on the configured
+ * database, with the publish script loaded (sha, 41 bytes). NULL on failure. */
+static redisContext *redis_open(lq_tailer *t, char *sha)
+{
+    const lq_config *cfg = t->cfg;
+    struct timeval tv = {2, 0}, io = {REDIS_TIMEOUT_S, 0};
+    redisContext *c = redisConnectWithTimeout(cfg->redis_host, cfg->redis_port, tv);
+    redisReply *r = NULL;
+
+    if (c == NULL || c->err)
+        goto fail;
+    redisSetTimeout(c, io);
+    redisEnableKeepAlive(c);
+    if (cfg->redis_password) {
+        r = redisCommand(c, "AUTH %s", cfg->redis_password);
+        if (r == NULL || r->type == REDIS_REPLY_ERROR)
+            goto fail;
+        freeReplyObject(r);
+    }
+    if (cfg->redis_db) {
+        r = redisCommand(c, "SELECT %d", cfg->redis_db);
+        if (r == NULL || r->type == REDIS_REPLY_ERROR)
+            goto fail;
+        freeReplyObject(r);
+    }
+    if (sha) {
+        r = redisCommand(c, "SCRIPT LOAD %s", PUBLISH_LUA);
+        if (r == NULL || r->type != REDIS_REPLY_STRING || r->len != 40)
+            goto fail;
+        memcpy(sha, r->str, 41);
+        freeReplyObject(r);
+    }
+    return c;
+fail:
+    if (r)
+        freeReplyObject(r);
+    if (c)
+        redisFree(c);
+    return NULL;
+}
+
+typedef enum { PUB_OK, PUB_LOST, PUB_STOP } pub_result;
+
+/* Runs the publish script in one of its modes until it succeeds, the lease is
+ * lost, or we stop. For mode "event", *seq_out gets the new seq. Retries a
+ * Redis outage with backoff: the event stays in hand, nothing is skipped. */
+static pub_result run_script(stream_ctx *s, const char *mode, const char *epoch, int64_t seq,
+                             const char *token, const char *msg, size_t msg_len)
+{
+    lq_tailer *t = s->t;
+    int backoff = BACKOFF_MIN_MS, failures = 0;
+    char seqbuf[24], maxlen[24];
+
+    snprintf(seqbuf, sizeof(seqbuf), "%lld", (long long)seq);
+    snprintf(maxlen, sizeof(maxlen), "%zu", t->cfg->stream_max_len);
+    for (;;) {
+        if (atomic_load(&t->stopping))
+            return PUB_STOP;
+        if (!atomic_load(&t->leader))
+            return PUB_LOST;
+        if (s->redis == NULL && (s->redis = redis_open(t, s->sha)) == NULL) {
+            if (failures++ % 20 == 0)
+                LQ_WARN("tailer cannot reach redis, holding the event", "class=%s attempts=%d",
+                        s->class_name, failures);
+            LQ_METRIC_INC(tailer_publish_retries);
+            if (nap(t, backoff))
+                return PUB_STOP;
+            backoff = backoff * 2 > BACKOFF_MAX_MS ? BACKOFF_MAX_MS : backoff * 2;
+            continue;
+        }
+        const char *argv[] = {"EVALSHA", s->sha, "3", t->lease_key, s->state_key, s->stream_key,
+                              t->id, mode, epoch, seqbuf, token ? token : "", msg ? msg : "",
+                              maxlen, t->channel};
+        size_t lens[sizeof(argv) / sizeof(argv[0])];
+        for (size_t i = 0; i < sizeof(argv) / sizeof(argv[0]); i++)
+            lens[i] = strlen(argv[i]);
+        if (msg)
+            lens[11] = msg_len;
+        redisReply *r = redisCommandArgv(s->redis, (int)(sizeof(argv) / sizeof(argv[0])), argv, lens);
+        if (r == NULL) {
+            /* the script may or may not have run: retrying is safe, a repeat gets STALE */
+            LQ_WARN("tailer lost redis while publishing, retrying", "class=%s error=\"%s\"",
+                    s->class_name, s->redis->errstr);
+            redisFree(s->redis);
+            s->redis = NULL;
+            LQ_METRIC_INC(tailer_publish_retries);
+            if (nap(t, backoff))
+                return PUB_STOP;
+            backoff = backoff * 2 > BACKOFF_MAX_MS ? BACKOFF_MAX_MS : backoff * 2;
+            continue;
+        }
+        if (r->type != REDIS_REPLY_ERROR) {
+            freeReplyObject(r);
+            return PUB_OK;
+        }
+        if (strncmp(r->str, "NOSCRIPT", 8) == 0) { /* Redis restarted without its script cache */
+            freeReplyObject(r);
+            redisFree(s->redis);
+            s->redis = NULL;
+            continue;
+        }
+        if (strncmp(r->str, "STALE", 5) == 0) {
+            /* Either our own previous attempt ran before its reply was lost, or
+             * another tailer published: look at what Redis has. */
+            freeReplyObject(r);
+            r = redisCommand(s->redis, "HMGET %s epoch seq token", s->state_key);
+            int ours = r && r->type == REDIS_REPLY_ARRAY && r->elements == 3 &&
+                       r->element[0]->type == REDIS_REPLY_STRING &&
+                       strcmp(r->element[0]->str, epoch) == 0 &&
+                       r->element[1]->type == REDIS_REPLY_STRING &&
+                       strtoll(r->element[1]->str, NULL, 10) == seq + (strcmp(mode, "event") == 0) &&
+                       r->element[2]->type == REDIS_REPLY_STRING &&
+                       strcmp(r->element[2]->str, token ? token : "") == 0;
+            if (r)
+                freeReplyObject(r);
+            if (ours)
+                return PUB_OK;
+            LQ_ERROR("tailer state moved under us: another tailer published; standing down",
+                     "class=%s", s->class_name);
+            atomic_store(&t->leader, 0);
+            LQ_METRIC_SET(tailer_leader, 0);
+            return PUB_LOST;
+        }
+        if (strncmp(r->str, "NOTLEADER", 9) == 0) {
+            freeReplyObject(r);
+            if (atomic_exchange(&t->leader, 0)) {
+                LQ_METRIC_INC(tailer_lease_lost);
+                LQ_METRIC_SET(tailer_leader, 0);
+                LQ_WARN("tailer lease lost: publishing stopped", "class=%s", s->class_name);
+            }
+            return PUB_LOST;
+        }
+        LQ_ERROR("tailer publish script failed", "class=%s error=\"%s\"", s->class_name, r->str);
+        freeReplyObject(r);
+        LQ_METRIC_INC(tailer_publish_retries);
+        if (nap(t, backoff))
+            return PUB_STOP;
+        backoff = backoff * 2 > BACKOFF_MAX_MS ? BACKOFF_MAX_MS : backoff * 2;
+    }
+}
+
+/* Reads (epoch, seq, token) from Redis; creates a first epoch if there is
+ * none. Returns PUB_OK, PUB_LOST or PUB_STOP. */
+static pub_result load_state(stream_ctx *s)
+{
+    lq_tailer *t = s->t;
+    int backoff = BACKOFF_MIN_MS;
+
+    for (;;) {
+        if (atomic_load(&t->stopping))
+            return PUB_STOP;
+        if (!atomic_load(&t->leader))
+            return PUB_LOST;
+        if (s->redis == NULL)
+            s->redis = redis_open(t, s->sha);
+        redisReply *r = s->redis ? redisCommand(s->redis, "HMGET %s epoch seq token", s->state_key) : NULL;
+        if (r && r->type == REDIS_REPLY_ARRAY && r->elements == 3) {
+            free(s->token);
+            s->token = NULL;
+            if (r->element[0]->type == REDIS_REPLY_STRING && r->element[0]->len > 0 &&
+                r->element[0]->len < sizeof(s->epoch)) {
+                memcpy(s->epoch, r->element[0]->str, r->element[0]->len + 1);
+                s->seq = r->element[1]->type == REDIS_REPLY_STRING ? strtoll(r->element[1]->str, NULL, 10) : 0;
+                if (r->element[2]->type == REDIS_REPLY_STRING && r->element[2]->len > 0)
+                    s->token = lq_xstrdup(r->element[2]->str);
+                freeReplyObject(r);
+                return PUB_OK;
+            }
+            freeReplyObject(r);
+            /* no state yet: the first epoch, starting now (nothing before it was promised) */
+            random_hex(s->epoch, 8);
+            s->seq = 0;
+            LQ_INFO("tailer starts a first epoch", "class=%s epoch=%s", s->class_name, s->epoch);
+            return run_script(s, "epoch", s->epoch, 0, NULL, NULL, 0);
+        }
+        if (r)
+            freeReplyObject(r);
+        if (s->redis) {
+            redisFree(s->redis);
+            s->redis = NULL;
+        }
+        if (nap(t, backoff))
+            return PUB_STOP;
+        backoff = backoff * 2 > BACKOFF_MAX_MS ? BACKOFF_MAX_MS : backoff * 2;
+    }
+}
+
+/*---- schema --------------------------------------------------------------------*/
+
+static lq_schema *schema_get(lq_tailer *t)
+{
+    pthread_mutex_lock(&t->schema_lock);
+    lq_schema *s = t->schema ? lq_schema_ref(t->schema) : NULL;
+    pthread_mutex_unlock(&t->schema_lock);
+    return s;
+}
+
+/* Reads the whole _SCHEMA collection and swaps it in. LQ_OK or LQ_ERR. */
+static int schema_reload(lq_tailer *t, mongoc_client_t *client, int generation)
+{
+    char *name = concat(t->cfg->collection_prefix, "_SCHEMA", "");
+    mongoc_collection_t *coll = mongoc_client_get_collection(client, t->db, name);
+    bson_t filter = BSON_INITIALIZER;
+    mongoc_cursor_t *cur = mongoc_collection_find_with_opts(coll, &filter, NULL, NULL);
+    lq_schema *s = lq_schema_new();
+    const bson_t *doc;
+    bson_error_t error;
+    int rc = LQ_OK;
+
+    while (mongoc_cursor_next(cur, &doc)) {
+        lq_error err;
+        if (lq_schema_add(s, doc, &err) != LQ_OK)
+            LQ_WARN("tailer skips a _SCHEMA document", "reason=\"%s\"", err.text);
+    }
+    if (mongoc_cursor_error(cur, &error)) {
+        LQ_WARN("tailer cannot read _SCHEMA", "error=\"%s\"", error.message);
+        lq_schema_unref(s);
+        rc = LQ_ERR;
+    } else {
+        pthread_mutex_lock(&t->schema_lock);
+        lq_schema_unref(t->schema);
+        t->schema = s;
+        t->schema_generation = generation;
+        pthread_mutex_unlock(&t->schema_lock);
+        LQ_METRIC_INC(tailer_schema_loads);
+        LQ_INFO("tailer loaded the schema", "classes=%zu", lq_schema_count(s));
+    }
+    mongoc_cursor_destroy(cur);
+    mongoc_collection_destroy(coll);
+    bson_destroy(&filter);
+    free(name);
+    return rc;
+}
+
+/*---- the last-seen cache -------------------------------------------------------*/
+
+static json_t *cache_get(stream_ctx *s, const char *id)
+{
+    cached *e;
+    HASH_FIND_STR(s->cache, id, e);
+    if (e == NULL) {
+        LQ_METRIC_INC(tailer_cache_misses);
+        return NULL;
+    }
+    LQ_METRIC_INC(tailer_cache_hits);
+    return e->obj;
+}
+
+static void cache_drop(stream_ctx *s, const char *id)
+{
+    cached *e;
+    HASH_FIND_STR(s->cache, id, e);
+    if (e) {
+        HASH_DEL(s->cache, e);
+        json_decref(e->obj);
+        free(e->id);
+        free(e);
+        s->ncache--;
+    }
+}
+
+static void cache_put(stream_ctx *s, const char *id, json_t *obj)
+{
+    cached *e;
+    if (s->t->cfg->tailer_cache_size <= 0)
+        return;
+    HASH_FIND_STR(s->cache, id, e);
+    if (e) { /* most recently used goes to the end */
+        HASH_DEL(s->cache, e);
+        json_decref(e->obj);
+    } else {
+        if (s->ncache >= (size_t)s->t->cfg->tailer_cache_size) {
+            cached *old = s->cache; /* hash order is insertion order: the oldest */
+            HASH_DEL(s->cache, old);
+            json_decref(old->obj);
+            free(old->id);
+            free(old);
+            s->ncache--;
+        }
+        e = lq_xcalloc(1, sizeof(*e));
+        e->id = lq_xstrdup(id);
+        s->ncache++;
+    }
+    e->obj = json_incref(obj);
+    HASH_ADD_KEYPTR(hh, s->cache, e->id, strlen(e->id), e);
+}
+
+static void cache_clear(stream_ctx *s)
+{
+    cached *e, *tmp;
+    HASH_ITER(hh, s->cache, e, tmp)
+    {
+        HASH_DEL(s->cache, e);
+        json_decref(e->obj);
+        free(e->id);
+        free(e);
+    }
+    s->ncache = 0;
+}
+
+/*---- events --------------------------------------------------------------------*/
+
+/* A new epoch: history before it is gone, gateways resync the class. */
+static pub_result new_epoch(stream_ctx *s, const char *reason, const char *token)
+{
+    char epoch[40];
+    random_hex(epoch, 8);
+    json_t *m = json_pack("{s:i,s:s,s:s,s:s,s:i,s:s,s:I}", "v", 1, "className", s->class_name,
+                          "op", "resync", "epoch", epoch, "seq", 0, "reason", reason, "ts",
+                          (json_int_t)wall_ms());
+    char *text = json_dumps(m, JSON_COMPACT);
+    json_decref(m);
+    LQ_ERROR("tailer starts a new epoch: subscribers of the class must resync", "class=%s reason=\"%s\" old_epoch=%s epoch=%s last_seq=%lld",
+             s->class_name, reason, s->epoch, epoch, (long long)s->seq);
+    pub_result r = run_script(s, "epoch", epoch, 0, token, text, strlen(text));
+    free(text);
+    if (r == PUB_OK) {
+        memcpy(s->epoch, epoch, sizeof(epoch));
+        s->seq = 0;
+        free(s->token);
+        s->token = token ? lq_xstrdup(token) : NULL;
+        cache_clear(s);
+        LQ_METRIC_INC(tailer_epochs);
+    }
+    return r;
+}
+
+static void key_text(const bson_iter_t *it, char *out, size_t cap)
+{
+    if (BSON_ITER_HOLDS_UTF8(it))
+        snprintf(out, cap, "%s", bson_iter_utf8(it, NULL));
+    else if (BSON_ITER_HOLDS_OID(it))
+        bson_oid_to_string(bson_iter_oid(it), out);
+    else if (BSON_ITER_HOLDS_INT32(it))
+        snprintf(out, cap, "%d", bson_iter_int32(it));
+    else if (BSON_ITER_HOLDS_INT64(it))
+        snprintf(out, cap, "%lld", (long long)bson_iter_int64(it));
+    else
+        snprintf(out, cap, "?");
+}
+
+/* Converts the subdocument at key of ev, or NULL when absent/null. */
+static json_t *convert_at(stream_ctx *s, const bson_t *ev, const char *key, const lq_class_schema *cls)
+{
+    bson_iter_t it;
+    const uint8_t *data;
+    uint32_t len;
+    bson_t doc;
+    lq_error err;
+
+    if (!bson_iter_init_find(&it, ev, key) || !BSON_ITER_HOLDS_DOCUMENT(&it))
+        return NULL;
+    bson_iter_document(&it, &len, &data);
+    if (!bson_init_static(&doc, data, len))
+        return NULL;
+    json_t *j = lq_parsedoc_to_rest(&doc, s->class_name, cls, &s->t->conv, &err);
+    if (j && s->master_only)
+        json_object_set_new(j, "ACL", json_object());
+    if (j == NULL)
+        LQ_WARN("tailer cannot convert a document", "class=%s reason=\"%s\"", s->class_name, err.text);
+    return j;
+}
+
+typedef enum { EV_DONE, EV_REOPEN, EV_LOST, EV_STOP } ev_result;
+
+/* Handles one change event. *reopen_token is set (owned) when the stream
+ * must be re-opened after it (invalidate). */
+static ev_result handle_event(stream_ctx *s, const bson_t *ev, char **reopen_token)
+{
+    bson_iter_t it, key;
+    const char *type = NULL;
+    char id[128] = "";
+    char *token = NULL;
+    json_t *object = NULL, *original = NULL;
+    const char *op = NULL;
+    ev_result result = EV_DONE;
+    lq_schema *schema = schema_get(s->t);
+    const lq_class_schema *cls = lq_schema_class(schema, s->class_name);
+
+    if (bson_iter_init_find(&it, ev, "operationType") && BSON_ITER_HOLDS_UTF8(&it))
+        type = bson_iter_utf8(&it, NULL);
+    if (bson_iter_init_find(&it, ev, "_id") && BSON_ITER_HOLDS_DOCUMENT(&it)) {
+        const uint8_t *data;
+        uint32_t len;
+        bson_t tok;
+        bson_iter_document(&it, &len, &data);
+        if (bson_init_static(&tok, data, len))
+            token = bson_as_canonical_extended_json(&tok, NULL);
+    }
+    if (bson_iter_init_find(&it, ev, "documentKey") && bson_iter_recurse(&it, &key) &&
+        bson_iter_find(&key, "_id"))
+        key_text(&key, id, sizeof(id));
+    if (type == NULL || token == NULL) {
+        LQ_WARN("tailer skips a change event without operationType or _id", "class=%s", s->class_name);
+        goto out;
+    }
+    LQ_METRIC_INC(tailer_events_in);
+
+    if (strcmp(type, "insert") == 0) {
+        op = "create";
+        object = convert_at(s, ev, "fullDocument", cls);
+        if (object == NULL) {
+            LQ_METRIC_INC(tailer_events_unconvertible);
+            op = NULL;
+        }
+    } else if (strcmp(type, "update") == 0 || strcmp(type, "replace") == 0) {
+        op = "update";
+        object = convert_at(s, ev, "fullDocument", cls);
+        original = convert_at(s, ev, "fullDocumentBeforeChange", cls);
+        if (original == NULL && id[0]) {
+            original = cache_get(s, id);
+            if (original)
+                json_incref(original);
+            else
+                LQ_METRIC_INC(tailer_updates_without_original);
+        }
+        if (object == NULL) {
+            /* updateLookup found no document: it was deleted since; its delete event follows */
+            LQ_METRIC_INC(tailer_updates_without_document);
+            LQ_DEBUG("tailer skips an update of a document deleted since", "class=%s objectId=%s",
+                     s->class_name, id);
+            op = NULL;
+        }
+    } else if (strcmp(type, "delete") == 0) {
+        op = "delete";
+        object = convert_at(s, ev, "fullDocumentBeforeChange", cls);
+        if (object == NULL && id[0] && (object = cache_get(s, id)) != NULL)
+            json_incref(object);
+        if (object == NULL) {
+            /* neither a pre-image nor a cached copy: the ACL is unknown, so only
+             * master-key subscribers may see it (protocol/bus.md) */
+            LQ_METRIC_INC(tailer_deletes_acl_unknown);
+            object = json_pack("{s:s,s:s,s:{}}", "objectId", id, "className", s->class_name, "ACL");
+        }
+    } else if (strcmp(type, "invalidate") == 0) {
+        pub_result r = new_epoch(s, "invalidate: the collection was dropped or renamed", token);
+        result = r == PUB_OK ? EV_REOPEN : r == PUB_LOST ? EV_LOST : EV_STOP;
+        if (result == EV_REOPEN) {
+            *reopen_token = token;
+            token = NULL;
+        }
+        goto out;
+    } else {
+        goto out; /* drop, rename, dropDatabase: the invalidate that follows handles them */
+    }
+
+    if (op) {
+        json_t *m = json_pack("{s:i,s:s,s:s,s:O}", "v", 1, "className", s->class_name, "op", op,
+                              "object", object);
+        if (original)
+            json_object_set(m, "original", original);
+        json_object_set_new(m, "seq", json_integer(s->seq + 1));
+        json_object_set_new(m, "epoch", json_string(s->epoch));
+        json_object_set_new(m, "ts", json_integer(wall_ms()));
+        char *text = json_dumps(m, JSON_COMPACT);
+        json_decref(m);
+        pub_result r = run_script(s, "event", s->epoch, s->seq, token, text, strlen(text));
+        free(text);
+        if (r != PUB_OK) {
+            result = r == PUB_LOST ? EV_LOST : EV_STOP;
+            goto out;
+        }
+        s->seq++;
+        LQ_METRIC_INC(tailer_events_published);
+    } else {
+        /* nothing published, but the position moved: keep it for idle storing */
+    }
+    free(s->token);
+    s->token = lq_xstrdup(token);
+    if (id[0]) {
+        if (op && strcmp(op, "delete") == 0)
+            cache_drop(s, id);
+        else if (object)
+            cache_put(s, id, object);
+    }
+out:
+    json_decref(object);
+    json_decref(original);
+    if (token)
+        bson_free(token);
+    lq_schema_unref(schema);
+    return result;
+}
+
+/*---- the stream threads ----------------------------------------------------------*/
+
+static mongoc_change_stream_t *open_stream(stream_ctx *s, mongoc_client_t *client, const char *token)
+{
+    lq_tailer *t = s->t;
+    mongoc_collection_t *coll = mongoc_client_get_collection(client, t->db, s->collection);
+    bson_t pipeline = BSON_INITIALIZER, opts = BSON_INITIALIZER;
+    mongoc_change_stream_t *cs;
+
+    if (!s->is_schema) {
+        BSON_APPEND_UTF8(&opts, "fullDocument", t->cfg->full_document);
+        BSON_APPEND_UTF8(&opts, "fullDocumentBeforeChange", "whenAvailable");
+    }
+    BSON_APPEND_INT64(&opts, "maxAwaitTimeMS", AWAIT_MS);
+    if (token) {
+        bson_error_t e;
+        bson_t *tok = bson_new_from_json((const uint8_t *)token, -1, &e);
+        if (tok) {
+            /* startAfter also works after an invalidate, where resumeAfter fails */
+            BSON_APPEND_DOCUMENT(&opts, "startAfter", tok);
+            bson_destroy(tok);
+        } else {
+            LQ_ERROR("tailer ignores an unreadable stored resume token", "class=%s error=\"%s\"",
+                     s->class_name, e.message);
+        }
+    }
+    cs = mongoc_collection_watch(coll, &pipeline, &opts);
+    bson_destroy(&pipeline);
+    bson_destroy(&opts);
+    mongoc_collection_destroy(coll);
+    return cs;
+}
+
+static int is_history_lost(const bson_error_t *e, const bson_t *reply)
+{
+    bson_iter_t it;
+    if (e->code == 286 || e->code == 136 /* CappedPositionLost */)
+        return 1;
+    if (reply && bson_iter_init_find(&it, reply, "codeName") && BSON_ITER_HOLDS_UTF8(&it) &&
+        strcmp(bson_iter_utf8(&it, NULL), "ChangeStreamHistoryLost") == 0)
+        return 1;
+    return 0;
+}
+
+/* Stores the stream's advancing position while nothing is published, so a
+ * restart after a long quiet spell does not start from a rolled-over oplog. */
+static pub_result store_idle_token(stream_ctx *s, mongoc_change_stream_t *cs)
+{
+    const bson_t *tok = mongoc_change_stream_get_resume_token(cs);
+    if (tok == NULL)
+        return PUB_OK;
+    char *text = bson_as_canonical_extended_json(tok, NULL);
+    pub_result r = PUB_OK;
+    if (text && (s->token == NULL || strcmp(text, s->token) != 0)) {
+        r = run_script(s, "token", s->epoch, s->seq, text, NULL, 0);
+        if (r == PUB_OK) {
+            free(s->token);
+            s->token = lq_xstrdup(text);
+        }
+    }
+    bson_free(text);
+    return r;
+}
+
+/* One leadership term of a class stream. Returns when the lease is lost or we stop. */
+static void class_term(stream_ctx *s, int generation)
+{
+    lq_tailer *t = s->t;
+    mongoc_client_t *client = mongoc_client_pool_pop(t->pool);
+    int backoff = BACKOFF_MIN_MS;
+
+    if (load_state(s) != PUB_OK)
+        goto out;
+    cache_clear(s); /* another tailer may have published since we last held the lease */
+    LQ_INFO("tailer stream starting", "class=%s collection=%s epoch=%s seq=%lld resume=%s",
+            s->class_name, s->collection, s->epoch, (long long)s->seq, s->token ? "stored token" : "now");
+    while (!atomic_load(&t->stopping) && atomic_load(&t->leader) &&
+           atomic_load(&t->generation) == generation) {
+        mongoc_change_stream_t *cs = open_stream(s, client, s->token);
+        const bson_t *doc, *reply = NULL;
+        bson_error_t error;
+        int64_t last_store = now_ms();
+        int failed = 0;
+
+        LQ_METRIC_INC(tailer_streams_opened);
+        while (!atomic_load(&t->stopping) && atomic_load(&t->leader) &&
+               atomic_load(&t->generation) == generation) {
+            if (mongoc_change_stream_next(cs, &doc)) {
+                char *reopen = NULL;
+                ev_result r = handle_event(s, doc, &reopen);
+                backoff = BACKOFF_MIN_MS;
+                if (r == EV_REOPEN) {
+                    free(s->token);
+                    s->token = reopen ? lq_xstrdup(reopen) : NULL;
+                    bson_free(reopen);
+                    break;
+                }
+                if (r != EV_DONE)
+                    break;
+                continue;
+            }
+            if (mongoc_change_stream_error_document(cs, &error, &reply)) {
+                LQ_METRIC_INC(tailer_stream_errors);
+                if (is_history_lost(&error, reply)) {
+                    LQ_METRIC_INC(tailer_history_lost);
+                    if (new_epoch(s, "history lost: the resume point is no longer in the oplog", NULL) != PUB_OK)
+                        break;
+                } else {
+                    LQ_WARN("tailer change stream failed; reopening from the stored token",
+                            "class=%s code=%u error=\"%s\" backoff_ms=%d", s->class_name,
+                            error.code, error.message, backoff);
+                    failed = 1;
+                }
+                break;
+            }
+            if (now_ms() - last_store >= TOKEN_IDLE_MS) {
+                if (store_idle_token(s, cs) != PUB_OK)
+                    break;
+                last_store = now_ms();
+            }
+        }
+        mongoc_change_stream_destroy(cs);
+        if (failed) {
+            LQ_METRIC_INC(tailer_resumes);
+            if (nap(t, backoff))
+                break;
+            backoff = backoff * 2 > BACKOFF_MAX_MS ? BACKOFF_MAX_MS : backoff * 2;
+        }
+    }
+out:
+    mongoc_client_pool_push(t->pool, client);
+}
+
+/* One leadership term of the _SCHEMA watcher. */
+static void schema_term(stream_ctx *s, int generation)
+{
+    lq_tailer *t = s->t;
+    mongoc_client_t *client = mongoc_client_pool_pop(t->pool);
+    int backoff = BACKOFF_MIN_MS;
+
+    while (!atomic_load(&t->stopping) && atomic_load(&t->leader) &&
+           atomic_load(&t->generation) == generation) {
+        /* open first, then load: a change between the two is seen by the stream */
+        mongoc_change_stream_t *cs = open_stream(s, client, NULL);
+        const bson_t *doc, *reply;
+        bson_error_t error;
+        int failed = schema_reload(t, client, generation) != LQ_OK;
+
+        while (!failed && !atomic_load(&t->stopping) && atomic_load(&t->leader) &&
+               atomic_load(&t->generation) == generation) {
+            if (mongoc_change_stream_next(cs, &doc)) {
+                /* drain what is already there, then reload once */
+                while (mongoc_change_stream_next(cs, &doc))
+                    ;
+                if (schema_reload(t, client, generation) != LQ_OK)
+                    failed = 1;
+                backoff = BACKOFF_MIN_MS;
+            } else if (mongoc_change_stream_error_document(cs, &error, &reply)) {
+                LQ_WARN("tailer _SCHEMA stream failed; reopening", "code=%u error=\"%s\"",
+                        error.code, error.message);
+                failed = 1;
+            }
+        }
+        mongoc_change_stream_destroy(cs);
+        if (failed) {
+            if (nap(t, backoff))
+                break;
+            backoff = backoff * 2 > BACKOFF_MAX_MS ? BACKOFF_MAX_MS : backoff * 2;
+        }
+    }
+    mongoc_client_pool_push(t->pool, client);
+}
+
+static void *stream_main(void *arg)
+{
+    stream_ctx *s = arg;
+    lq_tailer *t = s->t;
+
+    while (!atomic_load(&t->stopping)) {
+        if (!atomic_load(&t->leader)) {
+            nap(t, 50);
+            continue;
+        }
+        int generation = atomic_load(&t->generation);
+        if (s->is_schema) {
+            schema_term(s, generation);
+        } else {
+            /* the schema is loaded by its watcher; wait briefly for it, but do not
+             * wait forever (types are inferred without it) */
+            for (int i = 0; i < 100 && !atomic_load(&t->stopping); i++) {
+                pthread_mutex_lock(&t->schema_lock);
+                int ready = t->schema_generation == generation;
+                pthread_mutex_unlock(&t->schema_lock);
+                if (ready || nap(t, 50))
+                    break;
+            }
+            class_term(s, generation);
+        }
+        while (atomic_load(&t->leader) && atomic_load(&t->generation) == generation &&
+               !atomic_load(&t->stopping))
+            nap(t, 50); /* lost our term some other way: wait for the next */
+    }
+    if (s->redis) {
+        redisFree(s->redis);
+        s->redis = NULL;
+    }
+    return NULL;
+}
+
+/*---- the lease -------------------------------------------------------------------*/
+
+static void *lease_main(void *arg)
+{
+    lq_tailer *t = arg;
+    const int ttl = t->cfg->lease_ttl_ms, every = ttl / 5;
+    redisContext *c = NULL;
+    int64_t last_ok = 0;
+    int failures = 0;
+
+    while (!atomic_load(&t->stopping)) {
+        if (c == NULL && (c = redis_open(t, NULL)) == NULL) {
+            if (failures++ % 20 == 0)
+                LQ_WARN("tailer lease: redis unreachable", "host=%s port=%d", t->cfg->redis_host,
+                        t->cfg->redis_port);
+        }
+        redisReply *r = NULL;
+        if (c && !atomic_load(&t->leader)) {
+            r = redisCommand(c, "SET %s %s NX PX %d", t->lease_key, t->id, ttl);
+            if (r && r->type == REDIS_REPLY_STATUS) {
+                last_ok = now_ms();
+                atomic_fetch_add(&t->generation, 1);
+                atomic_store(&t->leader, 1);
+                LQ_METRIC_SET(tailer_leader, 1);
+                LQ_METRIC_INC(tailer_lease_acquired);
+                LQ_INFO("tailer lease acquired: this tailer publishes", "id=%s ttl_ms=%d", t->id, ttl);
+            }
+        } else if (c) {
+            r = redisCommand(c, "EVAL %s 1 %s %s %d", RENEW_LUA, t->lease_key, t->id, ttl);
+            if (r && r->type == REDIS_REPLY_INTEGER && r->integer == 1) {
+                last_ok = now_ms();
+            } else if (r && r->type == REDIS_REPLY_INTEGER) {
+                if (atomic_exchange(&t->leader, 0)) {
+                    LQ_METRIC_INC(tailer_lease_lost);
+                    LQ_WARN("tailer lease lost to another tailer: publishing stopped", "id=%s", t->id);
+                }
+            }
+        }
+        if (r == NULL && c) {
+            redisFree(c);
+            c = NULL;
+        }
+        if (r)
+            freeReplyObject(r);
+        /* cannot renew: past ttl minus one period another tailer may hold it */
+        if (atomic_load(&t->leader) && now_ms() - last_ok > ttl - every) {
+            atomic_store(&t->leader, 0);
+            LQ_METRIC_INC(tailer_lease_lost);
+            LQ_WARN("tailer cannot renew its lease: publishing stopped", "id=%s", t->id);
+        }
+        LQ_METRIC_SET(tailer_leader, atomic_load(&t->leader));
+        nap(t, every);
+    }
+    if (atomic_exchange(&t->leader, 0) && c) {
+        redisReply *r = redisCommand(c, "EVAL %s 1 %s %s", RELEASE_LUA, t->lease_key, t->id);
+        if (r)
+            freeReplyObject(r);
+        LQ_INFO("tailer lease released", "id=%s", t->id);
+    }
+    LQ_METRIC_SET(tailer_leader, 0);
+    if (c)
+        redisFree(c);
+    return NULL;
+}
+
+/*---- lifetime --------------------------------------------------------------------*/
+
+static void route_mongoc_log(mongoc_log_level_t level, const char *domain, const char *message, void *ud)
+{
+    (void)ud;
+    if (level <= MONGOC_LOG_LEVEL_CRITICAL)
+        LQ_ERROR("libmongoc", "domain=%s message=\"%s\"", domain, message);
+    else if (level == MONGOC_LOG_LEVEL_WARNING)
+        LQ_WARN("libmongoc", "domain=%s message=\"%s\"", domain, message);
+    else if (level <= MONGOC_LOG_LEVEL_INFO)
+        LQ_DEBUG("libmongoc", "domain=%s message=\"%s\"", domain, message);
+}
+
+static pthread_once_t mongoc_once = PTHREAD_ONCE_INIT;
+static void mongoc_start(void)
+{
+    mongoc_init();
+    mongoc_log_set_handler(route_mongoc_log, NULL);
+}
+
+lq_tailer *lq_tailer_new(const lq_config *cfg)
+{
+    bson_error_t error;
+    lq_tailer *t;
+
+    pthread_once(&mongoc_once, mongoc_start);
+    t = lq_xcalloc(1, sizeof(*t));
+    t->cfg = cfg;
+    t->stop_pipe[0] = t->stop_pipe[1] = -1;
+    pthread_mutex_init(&t->schema_lock, NULL);
+    t->uri = mongoc_uri_new_with_error(cfg->mongodb_uri, &error);
+    if (t->uri == NULL) {
+        LQ_ERROR("invalid --mongodb-uri", "error=\"%s\"", error.message);
+        lq_tailer_free(t);
+        return NULL;
+    }
+    /* fail and retry fast rather than block a stream thread for libmongoc's 30 s default */
+    if (!mongoc_uri_has_option(t->uri, MONGOC_URI_SERVERSELECTIONTIMEOUTMS))
+        mongoc_uri_set_option_as_int32(t->uri, MONGOC_URI_SERVERSELECTIONTIMEOUTMS, 5000);
+    if (!mongoc_uri_has_option(t->uri, MONGOC_URI_SOCKETTIMEOUTMS))
+        mongoc_uri_set_option_as_int32(t->uri, MONGOC_URI_SOCKETTIMEOUTMS, 30000);
+    if (!mongoc_uri_has_option(t->uri, MONGOC_URI_APPNAME))
+        mongoc_uri_set_appname(t->uri, "livequeryd-tailer");
+    t->db = mongoc_uri_get_database(t->uri);
+    if (t->db == NULL)
+        t->db = "parse";
+    t->pool = mongoc_client_pool_new(t->uri);
+    if (t->pool == NULL) {
+        LQ_ERROR("cannot create a MongoDB client pool", NULL);
+        lq_tailer_free(t);
+        return NULL;
+    }
+    mongoc_client_pool_set_error_api(t->pool, MONGOC_ERROR_API_VERSION_2);
+    if (cfg->tailer_id) {
+        snprintf(t->id, sizeof(t->id), "%s", cfg->tailer_id);
+    } else {
+        char host[64] = "host", rnd[9];
+        gethostname(host, sizeof(host) - 1);
+        random_hex(rnd, 4);
+        snprintf(t->id, sizeof(t->id), "%s:%d:%s", host, (int)getpid(), rnd);
+    }
+    t->lease_key = concat(cfg->channel_prefix, cfg->app_id, ":tailer:lease");
+    t->channel = concat(cfg->channel_prefix, cfg->app_id, ":changes");
+    t->conv.files_url_prefix = cfg->files_url_prefix;
+
+    /* the classes, then the _SCHEMA watcher */
+    size_t n = 1;
+    for (const char *p = cfg->classes; *p; p++)
+        n += *p == ',';
+    t->streams = lq_xcalloc(n + 1, sizeof(*t->streams));
+    const char *p = cfg->classes;
+    while (*p) {
+        size_t len = strcspn(p, ",");
+        if (len > 0 && len <= LQ_CLASS_NAME_MAX) {
+            stream_ctx *s = &t->streams[t->nstreams++];
+            s->t = t;
+            memcpy(s->class_name, p, len);
+            s->class_name[len] = '\0';
+            s->master_only = s->class_name[0] == '_' && strcmp(s->class_name, "_User") != 0 &&
+                             strcmp(s->class_name, "_Role") != 0;
+            s->collection = concat(cfg->collection_prefix, s->class_name, "");
+            char *base = concat(cfg->channel_prefix, cfg->app_id, ":");
+            s->state_key = concat(base, "tailer:", s->class_name);
+            s->stream_key = concat(base, "stream:", s->class_name);
+            free(base);
+        }
+        p += len;
+        if (*p == ',')
+            p++;
+    }
+    stream_ctx *sc = &t->streams[t->nstreams++];
+    sc->t = t;
+    sc->is_schema = 1;
+    snprintf(sc->class_name, sizeof(sc->class_name), "_SCHEMA");
+    sc->collection = concat(cfg->collection_prefix, "_SCHEMA", "");
+    if (pipe(t->stop_pipe) != 0) {
+        LQ_ERROR("tailer: pipe failed", "error=\"%s\"", strerror(errno));
+        lq_tailer_free(t);
+        return NULL;
+    }
+    return t;
+}
+
+int lq_tailer_start(lq_tailer *t)
+{
+    LQ_INFO("tailer starting", "id=%s db=%s classes=%s fullDocument=%s lease_ttl_ms=%d stream_max_len=%zu",
+            t->id, t->db, t->cfg->classes, t->cfg->full_document, t->cfg->lease_ttl_ms,
+            t->cfg->stream_max_len);
+    if (pthread_create(&t->lease_thread, NULL, lease_main, t) != 0)
+        return LQ_ERR;
+    t->started = 1;
+    for (size_t i = 0; i < t->nstreams; i++) {
+        if (pthread_create(&t->streams[i].thread, NULL, stream_main, &t->streams[i]) != 0) {
+            lq_tailer_stop(t);
+            return LQ_ERR;
+        }
+        t->streams[i].started = 1;
+    }
+    return LQ_OK;
+}
+
+void lq_tailer_stop(lq_tailer *t)
+{
+    if (t == NULL || !t->started)
+        return;
+    atomic_store(&t->stopping, 1);
+    if (write(t->stop_pipe[1], "x", 1) < 0) {
+        /* threads still see `stopping` within a second */
+    }
+    /* streams first: they must not publish after the lease is released */
+    for (size_t i = 0; i < t->nstreams; i++)
+        if (t->streams[i].started) {
+            pthread_join(t->streams[i].thread, NULL);
+            t->streams[i].started = 0;
+        }
+    pthread_join(t->lease_thread, NULL);
+    t->started = 0;
+}
+
+void lq_tailer_free(lq_tailer *t)
+{
+    if (t == NULL)
+        return;
+    lq_tailer_stop(t);
+    for (size_t i = 0; i < t->nstreams; i++) {
+        stream_ctx *s = &t->streams[i];
+        cache_clear(s);
+        free(s->collection);
+        free(s->state_key);
+        free(s->stream_key);
+        free(s->token);
+    }
+    free(t->streams);
+    if (t->pool)
+        mongoc_client_pool_destroy(t->pool);
+    if (t->uri)
+        mongoc_uri_destroy(t->uri);
+    lq_schema_unref(t->schema);
+    free(t->lease_key);
+    free(t->channel);
+    if (t->stop_pipe[0] >= 0) {
+        close(t->stop_pipe[0]);
+        close(t->stop_pipe[1]);
+    }
+    pthread_mutex_destroy(&t->schema_lock);
+    free(t);
+}
+
+int lq_tailer_leader(const lq_tailer *t)
+{
+    return atomic_load(&((lq_tailer *)t)->leader);
+}
