@@ -29,6 +29,8 @@
 #define AWAIT_MS 1000         /* maxAwaitTimeMS of a getMore: how often an idle stream looks up */
 #define TOKEN_IDLE_MS 1000    /* an idle stream stores its advancing resume token this often */
 #define REDIS_TIMEOUT_S 5
+#define PIPELINE_MAX 256      /* scripts per round trip to Redis */
+#define QUEUE_MAX 4096        /* events read but not yet published, per class */
 
 /* One script does every write, so each is atomic and fenced by the lease.
  * KEYS: lease, state hash, stream.  ARGV: owner, mode, epoch, seq, token,
@@ -86,7 +88,30 @@ typedef struct stream_ctx {
     char *state_key, *stream_key;
     cached *cache;
     size_t ncache;
+
+    /* events on their way to Redis: the reader appends, the publisher thread
+     * pipelines them (one script each, up to PIPELINE_MAX per round trip) */
+    pthread_t pub_thread;
+    int pub_started;
+    pthread_mutex_t qlock;
+    pthread_cond_t qcond;
+    struct pending *qhead, *qtail;
+    size_t qlen;
+    int inflight;   /* the publisher holds a batch */
+    char *pub_token; /* token of the last event Redis confirmed (survives a Redis that lost its data) */
+    int pub_failed; /* a publish failed: the reader ends its term, state reloads from Redis */
+    redisContext *pub_redis;
+    char pub_sha[41];
 } stream_ctx;
+
+typedef struct pending {
+    struct pending *next;
+    int64_t seq;
+    char *epoch; /* borrowed from the stream's term: constant while queued */
+    char *token; /* owned */
+    char *msg;   /* owned */
+    size_t len;
+} pending;
 
 struct lq_tailer {
     const lq_config *cfg;
@@ -308,6 +333,186 @@ static pub_result run_script(stream_ctx *s, const char *mode, const char *epoch,
     }
 }
 
+/*---- the publisher thread (one per class) ---------------------------------------------*/
+
+static void pending_free(pending *p)
+{
+    while (p) {
+        pending *next = p->next;
+        free(p->token);
+        free(p->msg);
+        free(p);
+        p = next;
+    }
+}
+
+/* Publishes a batch pipelined. Returns 1 when every script succeeded; on the
+ * first failure the connection is dropped (the rest of the replies with it)
+ * and 0 is returned: the reader then restarts its term from Redis' state. */
+static int publish_batch(stream_ctx *s, pending *batch)
+{
+    lq_tailer *t = s->t;
+    char seqbuf[24], maxlen[24];
+    redisReply *r = NULL;
+    int n = 0;
+
+    if (s->pub_redis == NULL && (s->pub_redis = redis_open(t, s->pub_sha)) == NULL) {
+        LQ_WARN("tailer cannot reach redis to publish", "class=%s", s->class_name);
+        return 0;
+    }
+    snprintf(maxlen, sizeof(maxlen), "%zu", t->cfg->stream_max_len);
+    for (pending *p = batch; p; p = p->next, n++) {
+        snprintf(seqbuf, sizeof(seqbuf), "%lld", (long long)(p->seq - 1));
+        const char *argv[] = {"EVALSHA", s->pub_sha, "3", t->lease_key, s->state_key, s->stream_key,
+                              t->id, "event", p->epoch, seqbuf, p->token, p->msg, maxlen, t->channel};
+        size_t lens[14];
+        for (size_t i = 0; i < 14; i++)
+            lens[i] = i == 11 ? p->len : strlen(argv[i]);
+        if (redisAppendCommandArgv(s->pub_redis, 14, argv, lens) != REDIS_OK)
+            goto fail;
+    }
+    for (pending *p = batch; p; p = p->next) {
+        if (redisGetReply(s->pub_redis, (void **)&r) != REDIS_OK || r == NULL) {
+            LQ_WARN("tailer lost redis while publishing; resuming from the stored token",
+                    "class=%s error=\"%s\"", s->class_name, s->pub_redis->errstr);
+            goto fail;
+        }
+        if (r->type == REDIS_REPLY_ERROR) {
+            if (strncmp(r->str, "NOTLEADER", 9) == 0) {
+                if (atomic_exchange(&t->leader, 0)) {
+                    LQ_METRIC_INC(tailer_lease_lost);
+                    LQ_METRIC_SET(tailer_leader, 0);
+                    LQ_WARN("tailer lease lost: publishing stopped", "class=%s", s->class_name);
+                }
+            } else if (strncmp(r->str, "STALE", 5) == 0) {
+                LQ_ERROR("tailer state moved under us: another tailer published; reloading",
+                         "class=%s seq=%lld", s->class_name, (long long)p->seq);
+            } else {
+                LQ_ERROR("tailer publish script failed", "class=%s error=\"%s\"", s->class_name, r->str);
+            }
+            goto fail;
+        }
+        freeReplyObject(r);
+        r = NULL;
+        LQ_METRIC_INC(tailer_events_published);
+    }
+    return 1;
+fail:
+    LQ_METRIC_INC(tailer_publish_retries);
+    if (r)
+        freeReplyObject(r);
+    redisFree(s->pub_redis);
+    s->pub_redis = NULL;
+    return 0;
+}
+
+static void *publisher_main(void *arg)
+{
+    stream_ctx *s = arg;
+    lq_tailer *t = s->t;
+
+    pthread_mutex_lock(&s->qlock);
+    for (;;) {
+        while (s->qhead == NULL && !atomic_load(&t->stopping))
+            pthread_cond_wait(&s->qcond, &s->qlock);
+        if (atomic_load(&t->stopping))
+            break; /* what is queued is re-read from the stored token next time */
+        pending *batch = s->qhead, *last = batch;
+        size_t n = 1;
+        for (; n < PIPELINE_MAX && last->next; n++)
+            last = last->next;
+        s->qlen -= n;
+        s->qhead = last->next;
+        if (s->qhead == NULL)
+            s->qtail = NULL;
+        last->next = NULL;
+        s->inflight = 1;
+        pthread_mutex_unlock(&s->qlock);
+
+        int ok = publish_batch(s, batch);
+
+        pthread_mutex_lock(&s->qlock);
+        if (ok) {
+            pending *tail = batch;
+            while (tail->next)
+                tail = tail->next;
+            free(s->pub_token);
+            s->pub_token = tail->token; /* taken over */
+            tail->token = NULL;
+        }
+        pending_free(batch);
+        s->inflight = 0;
+        if (!ok) {
+            s->pub_failed = 1;
+            pending_free(s->qhead);
+            s->qhead = s->qtail = NULL;
+            s->qlen = 0;
+        }
+        pthread_cond_broadcast(&s->qcond);
+    }
+    pending_free(s->qhead);
+    s->qhead = s->qtail = NULL;
+    s->qlen = 0;
+    pthread_cond_broadcast(&s->qcond);
+    pthread_mutex_unlock(&s->qlock);
+    if (s->pub_redis) {
+        redisFree(s->pub_redis);
+        s->pub_redis = NULL;
+    }
+    return NULL;
+}
+
+/* Hands one event to the publisher; waits while the queue is full. Returns
+ * 0 when the term must end (a publish failed, or stopping). */
+static int queue_event(stream_ctx *s, int64_t seq, const char *token, char *msg, size_t len)
+{
+    pending *p = lq_xcalloc(1, sizeof(*p));
+    p->seq = seq;
+    p->epoch = s->epoch;
+    p->token = lq_xstrdup(token);
+    p->msg = msg;
+    p->len = len;
+    pthread_mutex_lock(&s->qlock);
+    while (s->qlen >= QUEUE_MAX && !s->pub_failed && !atomic_load(&s->t->stopping))
+        pthread_cond_wait(&s->qcond, &s->qlock);
+    int ok = !s->pub_failed && !atomic_load(&s->t->stopping);
+    if (ok) {
+        if (s->qtail)
+            s->qtail->next = p;
+        else
+            s->qhead = p;
+        s->qtail = p;
+        s->qlen++;
+        pthread_cond_broadcast(&s->qcond);
+    }
+    pthread_mutex_unlock(&s->qlock);
+    if (!ok)
+        pending_free(p);
+    return ok;
+}
+
+/* Waits until everything queued is published. Returns 0 when a publish
+ * failed (the term must end) or we stop. */
+static int queue_drain(stream_ctx *s)
+{
+    pthread_mutex_lock(&s->qlock);
+    while ((s->qhead || s->inflight) && !s->pub_failed && !atomic_load(&s->t->stopping))
+        pthread_cond_wait(&s->qcond, &s->qlock);
+    int ok = !s->pub_failed && !atomic_load(&s->t->stopping);
+    pthread_mutex_unlock(&s->qlock);
+    return ok;
+}
+
+static int queue_failed(stream_ctx *s)
+{
+    pthread_mutex_lock(&s->qlock);
+    int f = s->pub_failed;
+    pthread_mutex_unlock(&s->qlock);
+    return f;
+}
+
+static pub_result new_epoch(stream_ctx *s, const char *reason, const char *token);
+
 /* Reads (epoch, seq, token) from Redis; creates a first epoch if there is
  * none. Returns PUB_OK, PUB_LOST or PUB_STOP. */
 static pub_result load_state(stream_ctx *s)
@@ -336,6 +541,17 @@ static pub_result load_state(stream_ctx *s)
                 return PUB_OK;
             }
             freeReplyObject(r);
+            pthread_mutex_lock(&s->qlock);
+            char *resume = s->pub_token ? lq_xstrdup(s->pub_token) : NULL;
+            pthread_mutex_unlock(&s->qlock);
+            if (resume) {
+                /* Redis lost our state (flushed, or restarted without persistence)
+                 * and its history with it: a new epoch, from the last event it had
+                 * confirmed, so what followed is published rather than skipped */
+                pub_result pr = new_epoch(s, "redis lost the tailer state and history", resume);
+                free(resume);
+                return pr;
+            }
             /* no state yet: the first epoch, starting now (nothing before it was promised) */
             random_hex(s->epoch, 8);
             s->seq = 0;
@@ -473,6 +689,8 @@ static void cache_clear(stream_ctx *s)
 static pub_result new_epoch(stream_ctx *s, const char *reason, const char *token)
 {
     char epoch[40];
+    if (!queue_drain(s)) /* the events before it go out first, in their epoch */
+        return PUB_LOST;
     random_hex(epoch, 8);
     json_t *m = json_pack("{s:i,s:s,s:s,s:s,s:i,s:s,s:I}", "v", 1, "className", s->class_name,
                           "op", "resync", "epoch", epoch, "seq", 0, "reason", reason, "ts",
@@ -623,14 +841,11 @@ static ev_result handle_event(stream_ctx *s, const bson_t *ev, char **reopen_tok
         json_object_set_new(m, "ts", json_integer(wall_ms()));
         char *text = json_dumps(m, JSON_COMPACT);
         json_decref(m);
-        pub_result r = run_script(s, "event", s->epoch, s->seq, token, text, strlen(text));
-        free(text);
-        if (r != PUB_OK) {
-            result = r == PUB_LOST ? EV_LOST : EV_STOP;
+        if (!queue_event(s, s->seq + 1, token, text, strlen(text))) {
+            result = EV_LOST;
             goto out;
         }
         s->seq++;
-        LQ_METRIC_INC(tailer_events_published);
     } else {
         /* nothing published, but the position moved: keep it for idle storing */
     }
@@ -702,6 +917,8 @@ static pub_result store_idle_token(stream_ctx *s, mongoc_change_stream_t *cs)
     const bson_t *tok = mongoc_change_stream_get_resume_token(cs);
     if (tok == NULL)
         return PUB_OK;
+    if (!queue_drain(s))
+        return PUB_LOST;
     char *text = bson_as_canonical_extended_json(tok, NULL);
     pub_result r = PUB_OK;
     if (text && (s->token == NULL || strcmp(text, s->token) != 0)) {
@@ -715,13 +932,30 @@ static pub_result store_idle_token(stream_ctx *s, mongoc_change_stream_t *cs)
     return r;
 }
 
-/* One leadership term of a class stream. Returns when the lease is lost or we stop. */
+/* Empties the publish queue and waits for the publisher to be idle, so a
+ * new term starts from what Redis has. */
+static void queue_reset(stream_ctx *s)
+{
+    pthread_mutex_lock(&s->qlock);
+    pending_free(s->qhead);
+    s->qhead = s->qtail = NULL;
+    s->qlen = 0;
+    while (s->inflight)
+        pthread_cond_wait(&s->qcond, &s->qlock);
+    s->pub_failed = 0;
+    pthread_mutex_unlock(&s->qlock);
+}
+
+/* One term of a class stream: from the state in Redis until the lease is
+ * lost, we stop, or a publish fails (then the caller starts another term
+ * after a backoff, re-reading from the stored token). */
 static void class_term(stream_ctx *s, int generation)
 {
     lq_tailer *t = s->t;
     mongoc_client_t *client = mongoc_client_pool_pop(t->pool);
     int backoff = BACKOFF_MIN_MS;
 
+    queue_reset(s);
     if (load_state(s) != PUB_OK)
         goto out;
     cache_clear(s); /* another tailer may have published since we last held the lease */
@@ -748,10 +982,12 @@ static void class_term(stream_ctx *s, int generation)
                     bson_free(reopen);
                     break;
                 }
-                if (r != EV_DONE)
+                if (r != EV_DONE || queue_failed(s))
                     break;
                 continue;
             }
+            if (queue_failed(s))
+                break;
             if (mongoc_change_stream_error_document(cs, &error, &reply)) {
                 LQ_METRIC_INC(tailer_stream_errors);
                 if (is_history_lost(&error, reply)) {
@@ -773,6 +1009,8 @@ static void class_term(stream_ctx *s, int generation)
             }
         }
         mongoc_change_stream_destroy(cs);
+        if (queue_failed(s))
+            break;
         if (failed) {
             LQ_METRIC_INC(tailer_resumes);
             if (nap(t, backoff))
@@ -781,6 +1019,7 @@ static void class_term(stream_ctx *s, int generation)
         }
     }
 out:
+    queue_reset(s);
     mongoc_client_pool_push(t->pool, client);
 }
 
@@ -847,7 +1086,16 @@ static void *stream_main(void *arg)
                 if (ready || nap(t, 50))
                     break;
             }
-            class_term(s, generation);
+            /* a term that ends while we still lead (a publish failed, Redis went
+             * away) starts over from Redis' state after a backoff */
+            int backoff = BACKOFF_MIN_MS;
+            for (;;) {
+                class_term(s, generation);
+                if (atomic_load(&t->stopping) || !atomic_load(&t->leader) ||
+                    atomic_load(&t->generation) != generation || nap(t, backoff))
+                    break;
+                backoff = backoff * 2 > BACKOFF_MAX_MS ? BACKOFF_MAX_MS : backoff * 2;
+            }
         }
         while (atomic_load(&t->leader) && atomic_load(&t->generation) == generation &&
                !atomic_load(&t->stopping))
@@ -995,6 +1243,10 @@ lq_tailer *lq_tailer_new(const lq_config *cfg)
     for (const char *p = cfg->classes; *p; p++)
         n += *p == ',';
     t->streams = lq_xcalloc(n + 1, sizeof(*t->streams));
+    for (size_t i = 0; i < n + 1; i++) {
+        pthread_mutex_init(&t->streams[i].qlock, NULL);
+        pthread_cond_init(&t->streams[i].qcond, NULL);
+    }
     const char *p = cfg->classes;
     while (*p) {
         size_t len = strcspn(p, ",");
@@ -1037,11 +1289,19 @@ int lq_tailer_start(lq_tailer *t)
         return LQ_ERR;
     t->started = 1;
     for (size_t i = 0; i < t->nstreams; i++) {
-        if (pthread_create(&t->streams[i].thread, NULL, stream_main, &t->streams[i]) != 0) {
+        stream_ctx *s = &t->streams[i];
+        if (!s->is_schema) {
+            if (pthread_create(&s->pub_thread, NULL, publisher_main, s) != 0) {
+                lq_tailer_stop(t);
+                return LQ_ERR;
+            }
+            s->pub_started = 1;
+        }
+        if (pthread_create(&s->thread, NULL, stream_main, s) != 0) {
             lq_tailer_stop(t);
             return LQ_ERR;
         }
-        t->streams[i].started = 1;
+        s->started = 1;
     }
     return LQ_OK;
 }
@@ -1055,11 +1315,20 @@ void lq_tailer_stop(lq_tailer *t)
         /* threads still see `stopping` within a second */
     }
     /* streams first: they must not publish after the lease is released */
-    for (size_t i = 0; i < t->nstreams; i++)
-        if (t->streams[i].started) {
-            pthread_join(t->streams[i].thread, NULL);
-            t->streams[i].started = 0;
-        }
+    for (size_t i = 0; i < t->nstreams; i++) {
+        stream_ctx *s = &t->streams[i];
+        pthread_mutex_lock(&s->qlock); /* wake a publisher or a reader waiting on the queue */
+        pthread_cond_broadcast(&s->qcond);
+        pthread_mutex_unlock(&s->qlock);
+    }
+    for (size_t i = 0; i < t->nstreams; i++) {
+        stream_ctx *s = &t->streams[i];
+        if (s->started)
+            pthread_join(s->thread, NULL);
+        if (s->pub_started)
+            pthread_join(s->pub_thread, NULL);
+        s->started = s->pub_started = 0;
+    }
     pthread_join(t->lease_thread, NULL);
     t->started = 0;
 }
@@ -1072,6 +1341,10 @@ void lq_tailer_free(lq_tailer *t)
     for (size_t i = 0; i < t->nstreams; i++) {
         stream_ctx *s = &t->streams[i];
         cache_clear(s);
+        pending_free(s->qhead);
+        free(s->pub_token);
+        pthread_mutex_destroy(&s->qlock);
+        pthread_cond_destroy(&s->qcond);
         free(s->collection);
         free(s->state_key);
         free(s->stream_key);

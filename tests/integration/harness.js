@@ -247,6 +247,7 @@ async function startRedis(opts = {}) {
     logs: () => out,
     async stop() { await stopProcess(proc, 'SIGTERM'); },
     async restart() { await r.stop(); await launch(); },
+    async start() { await launch(); }, // after stop(): the same port, empty (no persistence)
   };
   onTeardown(() => r.stop());
   return r;

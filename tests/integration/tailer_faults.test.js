@@ -214,3 +214,31 @@ h.test('history lost (286) and invalidate start a new epoch and make subscribers
   const m = await M.metrics(t);
   assert.ok(m.tailer_epochs >= 2 && m.tailer_history_lost >= 1, JSON.stringify(m));
 });
+
+h.test('Redis restarted empty while events are written: they are published in a new epoch, subscribers resync', async () => {
+  const redis = await h.startRedis();
+  const mongo = await M.startMongo();
+  const { gw, c } = await watcher(redis);
+  let pub = await h.publisher(redis.port);
+  const t = await M.startTailer({ redis, mongo });
+  await h.waitFor(async () => (await M.tailerState(pub, 'BookStockLog')).token, { timeout: 15000, what: 'stream open' });
+  await mongo.insert('BookStockLog', { _id: 'rr00000000', n: 0 });
+  await expectCreates(c, 0, 1);
+
+  await redis.stop();
+  for (let i = 1; i <= 5; i++) await mongo.insert('BookStockLog', { _id: `rr${String(i).padStart(8, '0')}`, n: i });
+  await redis.start(); // no persistence: lease, state and history are gone
+  const err = await c.next((x) => x && x.op === 'error', 20000);
+  assert.equal(err.code, 100, 'the gateway tells the subscriber to resync');
+  pub = await h.publisher(redis.port);
+  await h.waitFor(async () => Number((await M.tailerState(pub, 'BookStockLog')).seq) >= 5,
+    { timeout: 20000, what: 'the events written during the outage published in the new epoch' });
+  const hist = await M.history(pub, 'BookStockLog');
+  assert.deepEqual(hist.map((x) => x.msg.object.n), [1, 2, 3, 4, 5], 'nothing skipped');
+  const c2 = await h.wsClient(gw.url);
+  await c2.connect({ masterKey: h.MASTER_KEY });
+  await c2.subscribe(1, 'BookStockLog', {});
+  await mongo.insert('BookStockLog', { _id: 'rr00000006', n: 6 });
+  assert.equal((await c2.event(1, 'rr00000006', 10000)).object.n, 6);
+  assert.ok((await M.metrics(t)).tailer_epochs >= 1);
+});
