@@ -78,7 +78,7 @@ static const setting settings[] = {
      "this tailer's name in the lease; default host:pid:random"},
     {"stream-max-len", "LIVEQUERY_STREAM_MAX_LEN", T_SIZE, OFF(stream_max_len), 1, 100000000,
      "10000", "events kept per class in Redis for gap repair"},
-    {"lease-ttl", "LIVEQUERY_LEASE_TTL", T_INT, OFF(lease_ttl_ms), 500, 600000, "5000",
+    {"lease-ttl", "LIVEQUERY_LEASE_TTL", T_INT, OFF(lease_ttl_ms), 500, 600000, "3000",
      "milliseconds a tailer lease lives unless renewed (every ttl/5); a standby takes over after it"},
     {"tailer-cache-size", "LIVEQUERY_TAILER_CACHE_SIZE", T_INT, OFF(tailer_cache_size), 0,
      10000000, "10000", "last-seen objects kept per class for original and deletes without pre-images"},

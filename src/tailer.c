@@ -29,13 +29,16 @@
 #define AWAIT_MS 1000         /* maxAwaitTimeMS of a getMore: how often an idle stream looks up */
 #define TOKEN_IDLE_MS 1000    /* an idle stream stores its advancing resume token this often */
 #define REDIS_TIMEOUT_S 5
-#define PIPELINE_MAX 256      /* scripts per round trip to Redis */
+#define PIPELINE_MAX 256      /* events per publish script call */
+#define BATCH_BYTES (1 << 20) /* ... or fewer once their messages pass this size */
 #define QUEUE_MAX 4096        /* events read but not yet published, per class */
 
 /* One script does every write, so each is atomic and fenced by the lease.
  * KEYS: lease, state hash, stream.  ARGV: owner, mode, epoch, seq, token,
- * message, maxlen, channel.  Modes:
- *   event  - state must be (epoch, seq): XADD seq+1, PUBLISH, store seq+1 and token
+ * message, maxlen, channel[, token, message]...  Modes:
+ *   events - state must be (epoch, seq): for each (token, message) pair in
+ *            order, XADD seq+1 and PUBLISH; then store the last seq and token.
+ *            A batch is all or nothing.
  *   token  - state must be (epoch, seq): store the token only
  *   epoch  - start a new epoch: clear the stream, seq 0, token; PUBLISH message if any */
 static const char PUBLISH_LUA[] =
@@ -49,10 +52,15 @@ static const char PUBLISH_LUA[] =
     "local st = redis.call('HMGET', KEYS[2], 'epoch', 'seq')\n"
     "if st[1] ~= ARGV[3] or tonumber(st[2]) ~= tonumber(ARGV[4]) then return redis.error_reply('STALE state moved') end\n"
     "if ARGV[2] == 'token' then redis.call('HSET', KEYS[2], 'token', ARGV[5]) return tonumber(ARGV[4]) end\n"
-    "local seq = tonumber(ARGV[4]) + 1\n"
-    "redis.call('XADD', KEYS[3], 'MAXLEN', ARGV[7], seq .. '-0', 'm', ARGV[6])\n"
-    "redis.call('PUBLISH', ARGV[8], ARGV[6])\n"
-    "redis.call('HSET', KEYS[2], 'seq', seq, 'token', ARGV[5])\n"
+    "local seq = tonumber(ARGV[4])\n"
+    "local token = ARGV[5]\n"
+    "for i = 5, #ARGV, 4 do\n"
+    "  seq = seq + 1\n"
+    "  token = ARGV[i]\n"
+    "  redis.call('XADD', KEYS[3], 'MAXLEN', ARGV[7], seq .. '-0', 'm', ARGV[i + 1])\n"
+    "  redis.call('PUBLISH', ARGV[8], ARGV[i + 1])\n"
+    "end\n"
+    "redis.call('HSET', KEYS[2], 'seq', seq, 'token', token)\n"
     "return seq\n";
 
 static const char RENEW_LUA[] =
@@ -75,6 +83,7 @@ typedef struct stream_ctx {
     char *collection;
     int is_schema; /* the _SCHEMA watcher: reloads the schema, publishes nothing */
     int master_only; /* _Session, _Installation, ...: stored without ACL, never public */
+    int has_preimages; /* seen a pre-image this term: no last-seen cache */
     pthread_t thread;
     int started;
     redisContext *redis;
@@ -346,56 +355,73 @@ static void pending_free(pending *p)
     }
 }
 
-/* Publishes a batch pipelined. Returns 1 when every script succeeded; on the
- * first failure the connection is dropped (the rest of the replies with it)
- * and 0 is returned: the reader then restarts its term from Redis' state. */
-static int publish_batch(stream_ctx *s, pending *batch)
+/* Publishes a batch with one script call (all or nothing). Returns 1 on
+ * success; on failure the connection is dropped and 0 is returned: the
+ * reader then restarts its term from Redis' state. */
+static int publish_batch(stream_ctx *s, pending *batch, size_t n)
 {
     lq_tailer *t = s->t;
     char seqbuf[24], maxlen[24];
     redisReply *r = NULL;
-    int n = 0;
+    size_t argc = 10 + 4 * n, i = 0;
 
     if (s->pub_redis == NULL && (s->pub_redis = redis_open(t, s->pub_sha)) == NULL) {
         LQ_WARN("tailer cannot reach redis to publish", "class=%s", s->class_name);
         return 0;
     }
+    /* argv: EVALSHA sha 3 k1 k2 k3 owner events epoch seq, then per event
+     * (token, message, maxlen, channel) - the first pair sits where ARGV[5..8]
+     * are, the rest follow with the same stride so the script loops by 4 */
+    const char **argv = lq_xmalloc(argc * sizeof(*argv));
+    size_t *lens = lq_xmalloc(argc * sizeof(*lens));
+    snprintf(seqbuf, sizeof(seqbuf), "%lld", (long long)(batch->seq - 1));
     snprintf(maxlen, sizeof(maxlen), "%zu", t->cfg->stream_max_len);
-    for (pending *p = batch; p; p = p->next, n++) {
-        snprintf(seqbuf, sizeof(seqbuf), "%lld", (long long)(p->seq - 1));
-        const char *argv[] = {"EVALSHA", s->pub_sha, "3", t->lease_key, s->state_key, s->stream_key,
-                              t->id, "event", p->epoch, seqbuf, p->token, p->msg, maxlen, t->channel};
-        size_t lens[14];
-        for (size_t i = 0; i < 14; i++)
-            lens[i] = i == 11 ? p->len : strlen(argv[i]);
-        if (redisAppendCommandArgv(s->pub_redis, 14, argv, lens) != REDIS_OK)
-            goto fail;
-    }
+    argv[i++] = "EVALSHA";
+    argv[i++] = s->pub_sha;
+    argv[i++] = "3";
+    argv[i++] = t->lease_key;
+    argv[i++] = s->state_key;
+    argv[i++] = s->stream_key;
+    argv[i++] = t->id;
+    argv[i++] = "events";
+    argv[i++] = batch->epoch;
+    argv[i++] = seqbuf;
     for (pending *p = batch; p; p = p->next) {
-        if (redisGetReply(s->pub_redis, (void **)&r) != REDIS_OK || r == NULL) {
-            LQ_WARN("tailer lost redis while publishing; resuming from the stored token",
-                    "class=%s error=\"%s\"", s->class_name, s->pub_redis->errstr);
-            goto fail;
-        }
-        if (r->type == REDIS_REPLY_ERROR) {
-            if (strncmp(r->str, "NOTLEADER", 9) == 0) {
-                if (atomic_exchange(&t->leader, 0)) {
-                    LQ_METRIC_INC(tailer_lease_lost);
-                    LQ_METRIC_SET(tailer_leader, 0);
-                    LQ_WARN("tailer lease lost: publishing stopped", "class=%s", s->class_name);
-                }
-            } else if (strncmp(r->str, "STALE", 5) == 0) {
-                LQ_ERROR("tailer state moved under us: another tailer published; reloading",
-                         "class=%s seq=%lld", s->class_name, (long long)p->seq);
-            } else {
-                LQ_ERROR("tailer publish script failed", "class=%s error=\"%s\"", s->class_name, r->str);
-            }
-            goto fail;
-        }
-        freeReplyObject(r);
-        r = NULL;
-        LQ_METRIC_INC(tailer_events_published);
+        argv[i] = p->token;
+        lens[i++] = strlen(p->token);
+        argv[i] = p->msg;
+        lens[i++] = p->len;
+        argv[i++] = maxlen;
+        argv[i++] = t->channel;
     }
+    for (size_t k = 0; k < i; k++)
+        if (k < 10 || (k - 10) % 4 >= 2)
+            lens[k] = strlen(argv[k]);
+    r = redisCommandArgv(s->pub_redis, (int)i, argv, lens);
+    free(argv);
+    free(lens);
+    if (r == NULL) {
+        LQ_WARN("tailer lost redis while publishing; resuming from the stored token",
+                "class=%s error=\"%s\"", s->class_name, s->pub_redis->errstr);
+        goto fail;
+    }
+    if (r->type == REDIS_REPLY_ERROR) {
+        if (strncmp(r->str, "NOTLEADER", 9) == 0) {
+            if (atomic_exchange(&t->leader, 0)) {
+                LQ_METRIC_INC(tailer_lease_lost);
+                LQ_METRIC_SET(tailer_leader, 0);
+                LQ_WARN("tailer lease lost: publishing stopped", "class=%s", s->class_name);
+            }
+        } else if (strncmp(r->str, "STALE", 5) == 0) {
+            LQ_ERROR("tailer state moved under us: another tailer published; reloading",
+                     "class=%s seq=%lld", s->class_name, (long long)batch->seq);
+        } else {
+            LQ_ERROR("tailer publish script failed", "class=%s error=\"%s\"", s->class_name, r->str);
+        }
+        goto fail;
+    }
+    freeReplyObject(r);
+    LQ_METRIC_ADD(tailer_events_published, n);
     return 1;
 fail:
     LQ_METRIC_INC(tailer_publish_retries);
@@ -418,9 +444,11 @@ static void *publisher_main(void *arg)
         if (atomic_load(&t->stopping))
             break; /* what is queued is re-read from the stored token next time */
         pending *batch = s->qhead, *last = batch;
-        size_t n = 1;
-        for (; n < PIPELINE_MAX && last->next; n++)
+        size_t n = 1, bytes = batch->len;
+        for (; n < PIPELINE_MAX && last->next && bytes < BATCH_BYTES; n++) {
             last = last->next;
+            bytes += last->len;
+        }
         s->qlen -= n;
         s->qhead = last->next;
         if (s->qhead == NULL)
@@ -429,7 +457,7 @@ static void *publisher_main(void *arg)
         s->inflight = 1;
         pthread_mutex_unlock(&s->qlock);
 
-        int ok = publish_batch(s, batch);
+        int ok = publish_batch(s, batch, n);
 
         pthread_mutex_lock(&s->qlock);
         if (ok) {
@@ -683,6 +711,17 @@ static void cache_clear(stream_ctx *s)
     s->ncache = 0;
 }
 
+/* The collection has pre-images: the cache is not needed (until the next term). */
+static void saw_preimage(stream_ctx *s)
+{
+    if (!s->has_preimages) {
+        s->has_preimages = 1;
+        cache_clear(s);
+        LQ_INFO("tailer sees pre-images: original and deletes are exact, the cache is off",
+                "class=%s", s->class_name);
+    }
+}
+
 /*---- events --------------------------------------------------------------------*/
 
 /* A new epoch: history before it is gone, gateways resync the class. */
@@ -794,6 +833,8 @@ static ev_result handle_event(stream_ctx *s, const bson_t *ev, char **reopen_tok
         op = "update";
         object = convert_at(s, ev, "fullDocument", cls);
         original = convert_at(s, ev, "fullDocumentBeforeChange", cls);
+        if (original)
+            saw_preimage(s);
         if (original == NULL && id[0]) {
             original = cache_get(s, id);
             if (original)
@@ -811,6 +852,8 @@ static ev_result handle_event(stream_ctx *s, const bson_t *ev, char **reopen_tok
     } else if (strcmp(type, "delete") == 0) {
         op = "delete";
         object = convert_at(s, ev, "fullDocumentBeforeChange", cls);
+        if (object)
+            saw_preimage(s);
         if (object == NULL && id[0] && (object = cache_get(s, id)) != NULL)
             json_incref(object);
         if (object == NULL) {
@@ -855,7 +898,8 @@ static ev_result handle_event(stream_ctx *s, const bson_t *ev, char **reopen_tok
         if (op && strcmp(op, "delete") == 0)
             cache_drop(s, id);
         else if (object)
-            cache_put(s, id, object);
+            if (!s->has_preimages)
+                cache_put(s, id, object);
     }
 out:
     json_decref(object);
@@ -959,6 +1003,7 @@ static void class_term(stream_ctx *s, int generation)
     if (load_state(s) != PUB_OK)
         goto out;
     cache_clear(s); /* another tailer may have published since we last held the lease */
+    s->has_preimages = 0;
     LQ_INFO("tailer stream starting", "class=%s collection=%s epoch=%s seq=%lld resume=%s",
             s->class_name, s->collection, s->epoch, (long long)s->seq, s->token ? "stored token" : "now");
     while (!atomic_load(&t->stopping) && atomic_load(&t->leader) &&

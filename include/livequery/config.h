@@ -46,7 +46,7 @@ typedef struct lq_config {
     char *files_url_prefix;     /* File url = prefix + name; NULL: files carry no url */
     char *tailer_id;            /* lease owner name; default host:pid:random */
     size_t stream_max_len;      /* entries kept per class in the Redis history stream; default 10000 */
-    int lease_ttl_ms;           /* tailer lease; renewed every ttl/5; default 5000 */
+    int lease_ttl_ms;           /* tailer lease; renewed every ttl/5; default 3000 */
     int tailer_cache_size;      /* last-seen objects kept per class without pre-images; default 10000 */
 } lq_config;
 

@@ -84,11 +84,49 @@ static void test_errors(void)
     ASSERT_EQ(parse(&cfg, 2, a6), 1);
 }
 
+static void test_tailer_settings(void)
+{
+    lq_config cfg;
+    const char *a1[] = {"lq", "--app-id", "a", NULL};
+    const char *a2[] = {"lq", "--app-id", "a", "--role", "tailer", NULL};
+    const char *a3[] = {"lq", "--app-id", "a", "--role", "both", "--mongodb-uri", "mongodb://m/db?replicaSet=rs0",
+                        "--classes", "SigningSchedule,Bad-Name", NULL};
+    const char *a4[] = {"lq", "--app-id", "a", "--full-document", "always", NULL};
+    const char *a5[] = {"lq", "--app-id", "a", "--role", "tailer", "--mongodb-uri", "mongodb://m/",
+                        "--classes", "_User,EventNote", "--lease-ttl", "1500", NULL};
+    const char *a6[] = {"lq", "--app-id", "a", "--role", "edge", NULL};
+
+    ASSERT_EQ(parse(&cfg, 3, a1), 0);
+    ASSERT_EQ(cfg.role, LQ_ROLE_BOTH);
+    ASSERT_TRUE(cfg.mongodb_uri == NULL);
+    ASSERT_STREQ(cfg.classes, "SigningSchedule,BookStockLog");
+    ASSERT_STREQ(cfg.collection_prefix, "");
+    ASSERT_STREQ(cfg.full_document, "updateLookup");
+    ASSERT_EQ(cfg.lease_ttl_ms, 3000);
+    ASSERT_EQ(cfg.stream_max_len, 10000);
+    ASSERT_EQ(cfg.tailer_cache_size, 10000);
+    lq_config_release(&cfg);
+    ASSERT_EQ(parse(&cfg, 5, a2), -1);
+    ASSERT_STREQ(errbuf, "livequeryd: --role tailer needs --mongodb-uri (or LIVEQUERY_MONGODB_URI)\n");
+    ASSERT_EQ(parse(&cfg, 9, a3), -1);
+    ASSERT_STREQ(errbuf, "livequeryd: --classes: 'Bad-Name' is not a Parse class name\n");
+    ASSERT_EQ(parse(&cfg, 5, a4), -1);
+    ASSERT_STREQ(errbuf, "livequeryd: --full-document: 'always' is not one of updateLookup, whenAvailable, required\n");
+    ASSERT_EQ(parse(&cfg, 11, a5), 0);
+    ASSERT_EQ(cfg.role, LQ_ROLE_TAILER);
+    ASSERT_STREQ(cfg.classes, "_User,EventNote");
+    ASSERT_EQ(cfg.lease_ttl_ms, 1500);
+    lq_config_release(&cfg);
+    ASSERT_EQ(parse(&cfg, 5, a6), -1);
+    ASSERT_STREQ(errbuf, "livequeryd: --role: 'edge' is not one of gateway, tailer, both\n");
+}
+
 int main(int argc, char **argv)
 {
     static const lq_test_case cases[] = {{"defaults_and_flags", test_defaults_and_flags},
                                          {"env", test_env},
                                          {"errors", test_errors},
+                                         {"tailer_settings", test_tailer_settings},
                                          {NULL, NULL}};
     return lq_test_run(cases, argc, argv);
 }
