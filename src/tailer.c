@@ -510,8 +510,8 @@ static int queue_event(stream_ctx *s, int64_t seq, const char *token, char *msg,
         else
             s->qhead = p;
         s->qtail = p;
-        s->qlen++;
-        pthread_cond_broadcast(&s->qcond);
+        if (s->qlen++ == 0) /* the publisher only ever waits for an empty queue */
+            pthread_cond_broadcast(&s->qcond);
     }
     pthread_mutex_unlock(&s->qlock);
     if (!ok)
@@ -724,6 +724,33 @@ static void saw_preimage(stream_ctx *s)
 
 /*---- events --------------------------------------------------------------------*/
 
+/* A resume token as text that bson_new_from_json reads back (malloc'd).
+ * MongoDB's tokens are {_data: "<hex>"}: written directly, without libbson's
+ * printf-based extended JSON, which showed in the per-event profile. */
+static char *token_text(const bson_t *tok)
+{
+    bson_iter_t it;
+    if (bson_count_keys(tok) == 1 && bson_iter_init_find(&it, tok, "_data") && BSON_ITER_HOLDS_UTF8(&it)) {
+        uint32_t n;
+        const char *data = bson_iter_utf8(&it, &n);
+        int plain = 1;
+        for (uint32_t i = 0; i < n && plain; i++)
+            plain = (data[i] >= '0' && data[i] <= '9') || (data[i] >= 'A' && data[i] <= 'Z') ||
+                    (data[i] >= 'a' && data[i] <= 'z');
+        if (plain) {
+            char *out = lq_xmalloc(n + 16);
+            memcpy(out, "{\"_data\":\"", 10);
+            memcpy(out + 10, data, n);
+            memcpy(out + 10 + n, "\"}", 3);
+            return out;
+        }
+    }
+    char *ext = bson_as_canonical_extended_json(tok, NULL);
+    char *out = lq_xstrdup(ext ? ext : "{}");
+    bson_free(ext);
+    return out;
+}
+
 /* A new epoch: history before it is gone, gateways resync the class. */
 static pub_result new_epoch(stream_ctx *s, const char *reason, const char *token)
 {
@@ -811,7 +838,7 @@ static ev_result handle_event(stream_ctx *s, const bson_t *ev, char **reopen_tok
         bson_t tok;
         bson_iter_document(&it, &len, &data);
         if (bson_init_static(&tok, data, len))
-            token = bson_as_canonical_extended_json(&tok, NULL);
+            token = token_text(&tok);
     }
     if (bson_iter_init_find(&it, ev, "documentKey") && bson_iter_recurse(&it, &key) &&
         bson_iter_find(&key, "_id"))
@@ -905,7 +932,7 @@ out:
     json_decref(object);
     json_decref(original);
     if (token)
-        bson_free(token);
+        free(token);
     lq_schema_unref(schema);
     return result;
 }
@@ -963,7 +990,7 @@ static pub_result store_idle_token(stream_ctx *s, mongoc_change_stream_t *cs)
         return PUB_OK;
     if (!queue_drain(s))
         return PUB_LOST;
-    char *text = bson_as_canonical_extended_json(tok, NULL);
+    char *text = token_text(tok);
     pub_result r = PUB_OK;
     if (text && (s->token == NULL || strcmp(text, s->token) != 0)) {
         r = run_script(s, "token", s->epoch, s->seq, text, NULL, 0);
@@ -972,7 +999,7 @@ static pub_result store_idle_token(stream_ctx *s, mongoc_change_stream_t *cs)
             s->token = lq_xstrdup(text);
         }
     }
-    bson_free(text);
+    free(text);
     return r;
 }
 
@@ -1024,7 +1051,7 @@ static void class_term(stream_ctx *s, int generation)
                 if (r == EV_REOPEN) {
                     free(s->token);
                     s->token = reopen ? lq_xstrdup(reopen) : NULL;
-                    bson_free(reopen);
+                    free(reopen);
                     break;
                 }
                 if (r != EV_DONE || queue_failed(s))
