@@ -18,6 +18,7 @@
 #include "livequery/jsonout.h"
 #include "livequery/log.h"
 #include "livequery/metrics.h"
+#include "livequery/redisconn.h"
 
 #define QUEUE_MAX 65536        /* changes waiting for the service thread before we stop reading */
 #define PING_AFTER_MS 3000     /* idle time before we ask Redis for a PONG */
@@ -249,33 +250,9 @@ static int nap(lq_bus *b, int ms)
 
 static redisContext *cmd_conn(lq_bus *b)
 {
-    if (b->cmd)
-        return b->cmd;
-    struct timeval tv = {2, 0};
-    redisContext *c = redisConnectWithTimeout(b->cfg->redis_host, b->cfg->redis_port, tv);
-    redisReply *r = NULL;
-    if (c == NULL || c->err)
-        goto fail;
-    redisSetTimeout(c, tv);
-    if (b->cfg->redis_password) {
-        r = redisCommand(c, "AUTH %s", b->cfg->redis_password);
-        if (r == NULL || r->type == REDIS_REPLY_ERROR)
-            goto fail;
-        freeReplyObject(r);
-    }
-    if (b->cfg->redis_db) {
-        r = redisCommand(c, "SELECT %d", b->cfg->redis_db);
-        if (r == NULL || r->type == REDIS_REPLY_ERROR)
-            goto fail;
-        freeReplyObject(r);
-    }
-    return b->cmd = c;
-fail:
-    if (r)
-        freeReplyObject(r);
-    if (c)
-        redisFree(c);
-    return NULL;
+    if (b->cmd == NULL)
+        b->cmd = lq_redis_open(b->cfg, 2000, 2000, NULL, 0);
+    return b->cmd;
 }
 
 static void cmd_drop(lq_bus *b)
@@ -481,17 +458,6 @@ static void session(lq_bus *b, redisContext *c)
     int64_t last_rx = now_ms();
     int ping_out = 0;
 
-    redisEnableKeepAlive(c);
-    if (b->cfg->redis_password) {
-        redisReply *rep = redisCommand(c, "AUTH %s", b->cfg->redis_password);
-        int ok = rep && rep->type != REDIS_REPLY_ERROR;
-        if (rep)
-            freeReplyObject(rep);
-        if (!ok) {
-            LQ_ERROR("redis refused AUTH", "host=%s port=%d", b->cfg->redis_host, b->cfg->redis_port);
-            return;
-        }
-    }
     if (redisAppendCommand(c, "SUBSCRIBE %s %s %s", b->channels[0], b->channels[1],
                            b->channels[2]) != REDIS_OK ||
         flush(c))
@@ -538,15 +504,12 @@ static void *bus_main(void *arg)
     int backoff = BACKOFF_MIN_MS, failures = 0;
 
     while (!atomic_load(&b->stopping)) {
-        struct timeval tv = {2, 0};
-        redisContext *c = redisConnectWithTimeout(b->cfg->redis_host, b->cfg->redis_port, tv);
-        if (c == NULL || c->err) {
+        char why[256];
+        redisContext *c = lq_redis_open(b->cfg, 2000, 0, why, sizeof(why));
+        if (c == NULL) {
             if (failures++ == 0 || failures % 20 == 0)
                 LQ_WARN("redis unreachable, retrying", "host=%s port=%d error=\"%s\" attempts=%d",
-                        b->cfg->redis_host, b->cfg->redis_port, c ? c->errstr : "no memory",
-                        failures);
-            if (c)
-                redisFree(c);
+                        b->cfg->redis_host, b->cfg->redis_port, why, failures);
             if (nap(b, backoff))
                 break;
             backoff = backoff * 2 > BACKOFF_MAX_MS ? BACKOFF_MAX_MS : backoff * 2;

@@ -23,6 +23,7 @@
 #include "livequery/log.h"
 #include "livequery/metrics.h"
 #include "livequery/parsedoc.h"
+#include "livequery/redisconn.h"
 
 #define BACKOFF_MIN_MS 100
 #define BACKOFF_MAX_MS 5000
@@ -205,41 +206,20 @@ static void random_hex(char *out, size_t nbytes)
  * database, with the publish script loaded (sha, 41 bytes). NULL on failure. */
 static redisContext *redis_open(lq_tailer *t, char *sha)
 {
-    const lq_config *cfg = t->cfg;
-    struct timeval tv = {2, 0}, io = {REDIS_TIMEOUT_S, 0};
-    redisContext *c = redisConnectWithTimeout(cfg->redis_host, cfg->redis_port, tv);
-    redisReply *r = NULL;
-
-    if (c == NULL || c->err)
-        goto fail;
-    redisSetTimeout(c, io);
-    redisEnableKeepAlive(c);
-    if (cfg->redis_password) {
-        r = redisCommand(c, "AUTH %s", cfg->redis_password);
-        if (r == NULL || r->type == REDIS_REPLY_ERROR)
-            goto fail;
-        freeReplyObject(r);
-    }
-    if (cfg->redis_db) {
-        r = redisCommand(c, "SELECT %d", cfg->redis_db);
-        if (r == NULL || r->type == REDIS_REPLY_ERROR)
-            goto fail;
-        freeReplyObject(r);
-    }
-    if (sha) {
-        r = redisCommand(c, "SCRIPT LOAD %s", PUBLISH_LUA);
-        if (r == NULL || r->type != REDIS_REPLY_STRING || r->len != 40)
-            goto fail;
-        memcpy(sha, r->str, 41);
-        freeReplyObject(r);
+    redisContext *c = lq_redis_open(t->cfg, 2000, REDIS_TIMEOUT_S * 1000, NULL, 0);
+    if (c && sha) {
+        redisReply *r = redisCommand(c, "SCRIPT LOAD %s", PUBLISH_LUA);
+        int ok = r && r->type == REDIS_REPLY_STRING && r->len == 40;
+        if (ok)
+            memcpy(sha, r->str, 41);
+        if (r)
+            freeReplyObject(r);
+        if (!ok) {
+            redisFree(c);
+            c = NULL;
+        }
     }
     return c;
-fail:
-    if (r)
-        freeReplyObject(r);
-    if (c)
-        redisFree(c);
-    return NULL;
 }
 
 typedef enum { PUB_OK, PUB_LOST, PUB_STOP } pub_result;
@@ -958,8 +938,8 @@ static mongoc_change_stream_t *open_stream(stream_ctx *s, mongoc_client_t *clien
             /* startAfter also works after an invalidate, where resumeAfter fails */
             BSON_APPEND_DOCUMENT(&opts, "startAfter", tok);
             bson_destroy(tok);
-        } else {
-            LQ_ERROR("tailer ignores an unreadable stored resume token", "class=%s error=\"%s\"",
+        } else { /* class_term checked it: only a bug gets here */
+            LQ_ERROR("tailer ignores an unreadable resume token", "class=%s error=\"%s\"",
                      s->class_name, e.message);
         }
     }
@@ -1029,6 +1009,15 @@ static void class_term(stream_ctx *s, int generation)
     queue_reset(s);
     if (load_state(s) != PUB_OK)
         goto out;
+    if (s->token) {
+        /* a token we cannot read cannot resume: continuity is lost, say so */
+        bson_error_t e;
+        bson_t *tok = bson_new_from_json((const uint8_t *)s->token, -1, &e);
+        if (tok)
+            bson_destroy(tok);
+        else if (new_epoch(s, "the stored resume token is unreadable", NULL) != PUB_OK)
+            goto out;
+    }
     cache_clear(s); /* another tailer may have published since we last held the lease */
     s->has_preimages = 0;
     LQ_INFO("tailer stream starting", "class=%s collection=%s epoch=%s seq=%lld resume=%s",

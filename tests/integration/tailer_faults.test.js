@@ -242,3 +242,23 @@ h.test('Redis restarted empty while events are written: they are published in a 
   assert.equal((await c2.event(1, 'rr00000006', 10000)).object.n, 6);
   assert.ok((await M.metrics(t)).tailer_epochs >= 1);
 });
+
+h.test('an unreadable stored resume token starts a new epoch, never a silent restart from now', async () => {
+  const redis = await h.startRedis();
+  const mongo = await M.startMongo();
+  const { c } = await watcher(redis);
+  const pub = await h.publisher(redis.port);
+  let t = await M.startTailer({ redis, mongo });
+  await h.waitFor(async () => (await M.tailerState(pub, 'BookStockLog')).token, { timeout: 15000, what: 'stream open' });
+  await mongo.insert('BookStockLog', { _id: 'ut00000000', n: 0 });
+  await expectCreates(c, 0, 1);
+  await t.stop();
+  const before = await M.tailerState(pub, 'BookStockLog');
+  await pub.client.hSet(`livequery:${h.APP_ID}:tailer:BookStockLog`, 'token', '{"_data": not json');
+  t = await M.startTailer({ redis, mongo });
+  const err = await c.next((x) => x && x.op === 'error', 15000);
+  assert.equal(err.code, 100);
+  const after2 = await M.tailerState(pub, 'BookStockLog');
+  assert.notEqual(after2.epoch, before.epoch);
+  assert.match(t.logs(), /stored resume token is unreadable/);
+});
