@@ -224,9 +224,9 @@ static redisContext *redis_open(lq_tailer *t, char *sha)
 
 typedef enum { PUB_OK, PUB_LOST, PUB_STOP } pub_result;
 
-/* Runs the publish script in one of its modes until it succeeds, the lease is
- * lost, or we stop. For mode "event", *seq_out gets the new seq. Retries a
- * Redis outage with backoff: the event stays in hand, nothing is skipped. */
+/* Runs the publish script in mode "token" or "epoch" (events go through the
+ * publisher thread) until it succeeds, the lease is lost, or we stop.
+ * Retries a Redis outage with backoff: nothing is skipped meanwhile. */
 static pub_result run_script(stream_ctx *s, const char *mode, const char *epoch, int64_t seq,
                              const char *token, const char *msg, size_t msg_len)
 {
@@ -291,7 +291,7 @@ static pub_result run_script(stream_ctx *s, const char *mode, const char *epoch,
                        r->element[0]->type == REDIS_REPLY_STRING &&
                        strcmp(r->element[0]->str, epoch) == 0 &&
                        r->element[1]->type == REDIS_REPLY_STRING &&
-                       strtoll(r->element[1]->str, NULL, 10) == seq + (strcmp(mode, "event") == 0) &&
+                       strtoll(r->element[1]->str, NULL, 10) == seq &&
                        r->element[2]->type == REDIS_REPLY_STRING &&
                        strcmp(r->element[2]->str, token ? token : "") == 0;
             if (r)
