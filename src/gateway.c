@@ -532,9 +532,13 @@ static int http_request(lq_gateway *gw, conn *c, struct lws *wsi, const char *pa
 
     lq_buf_init(&body);
     if (strcmp(path, "/health") == 0) {
-        char tmp[160];
-        snprintf(tmp, sizeof(tmp), "{\"status\":\"ok\",\"redis\":\"%s\",\"connections\":%d}\n",
-                 lq_bus_connected(gw->bus) ? "connected" : "disconnected", gw->nconns);
+        char tmp[192];
+        const char *tailer = !((gw->cfg->role & LQ_ROLE_TAILER) && gw->cfg->mongodb_uri) ? "off"
+                             : LQ_METRIC_GET(tailer_leader)                        ? "active"
+                                                                                   : "standby";
+        snprintf(tmp, sizeof(tmp),
+                 "{\"status\":\"ok\",\"redis\":\"%s\",\"connections\":%d,\"tailer\":\"%s\"}\n",
+                 lq_bus_connected(gw->bus) ? "connected" : "disconnected", gw->nconns, tailer);
         lq_buf_puts(&body, tmp);
         type = "application/json";
     } else if (strcmp(path, "/metrics") == 0) {

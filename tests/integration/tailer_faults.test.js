@@ -82,6 +82,9 @@ h.test('standby takes over within seconds when the active tailer is killed, from
   assert.ok(first, 'one tailer leads');
   const standby = first === a ? b : a;
   assert.equal((await M.metrics(standby)).tailer_leader, 0, 'exactly one leads');
+  const health = async (g) => (await (await fetch(`http://127.0.0.1:${g.port}/health`)).json()).tailer;
+  assert.equal(await health(first), 'active');
+  assert.equal(await health(standby), 'standby');
   assert.equal(await pub.client.get(`livequery:${h.APP_ID}:tailer:lease`), first === a ? 'a' : 'b');
 
   for (let i = 0; i < 50; i++) await mongo.insert('BookStockLog', { _id: `fo${String(i).padStart(8, '0')}`, n: i });
