@@ -11,9 +11,12 @@ See tests/mongo/README.md for the command line and the HTTP control API.
 import argparse
 import copy
 import datetime
+import gc
+import itertools
 import json
 import os
 import random
+import select
 import signal
 import socket
 import stat
@@ -27,6 +30,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlparse
 
 import bson
+import bson.errors
 from bson import json_util
 from bson.codec_options import CodecOptions
 from bson.int64 import Int64
@@ -100,13 +104,154 @@ def history_lost():
 
 
 # --------------------------------------------------------------------------
+# BSON encoding
+#
+# Debian's pymongo 3.11 has no C extension, so bson.encode is pure Python and
+# was most of the cost of a change-stream reply. This encoder produces the same
+# bytes as bson.encode for the types it knows (and asks bson for the element of
+# any other type), and splices RawDoc values (already encoded documents, such as
+# rendered change events) into replies without re-encoding them.
+
+class RawDoc(bytes):
+    """An encoded BSON document, embedded as is by encode_doc/encode_top."""
+    __slots__ = ()
+
+
+_pack_i = struct.Struct('<i').pack
+_pack_q = struct.Struct('<q').pack
+_pack_d = struct.Struct('<d').pack
+_pack_II = struct.Struct('<II').pack
+_EPOCH_AWARE = datetime.datetime(1970, 1, 1, tzinfo=UTC)
+_EPOCH_NAIVE = datetime.datetime(1970, 1, 1)
+_ONE_MS = datetime.timedelta(milliseconds=1)
+_INDEX_NAMES = [b'%d\x00' % i for i in range(1024)]
+_KEY_NAMES = {}
+
+
+def _name(key):
+    """The element name (key + NUL) as bytes, cached."""
+    b = _KEY_NAMES.get(key)
+    if b is None:
+        if type(key) is not str:
+            if not isinstance(key, str):
+                raise bson.errors.InvalidDocument('documents must have only string keys, key was %r' % (key,))
+            key = str(key)
+        if '\x00' in key:
+            raise bson.errors.InvalidDocument('BSON keys / regex patterns must not contain a NUL character')
+        b = key.encode('utf-8') + b'\x00'
+        if len(_KEY_NAMES) < 20000:
+            _KEY_NAMES[key] = b
+    return b
+
+
+def _millis(dt):
+    if dt.utcoffset() is not None:
+        return (dt - _EPOCH_AWARE) // _ONE_MS
+    return (dt - _EPOCH_NAIVE) // _ONE_MS
+
+
+def _el_str(name, v):
+    b = v.encode('utf-8')
+    return b'\x02' + name + _pack_i(len(b) + 1) + b + b'\x00'
+
+
+def _el_int(name, v):
+    if -2147483648 <= v <= 2147483647:
+        return b'\x10' + name + _pack_i(v)
+    if -9223372036854775808 <= v <= 9223372036854775807:
+        return b'\x12' + name + _pack_q(v)
+    return _el_other(name, v)
+
+
+def _el_other(name, v):
+    """Any other type: let bson encode the element."""
+    if isinstance(v, RawDoc):
+        return b'\x03' + name + v
+    if isinstance(v, dict):
+        return b'\x03' + name + encode_doc(v)
+    enc = bson.encode({name[:-1].decode('utf-8'): v})
+    return enc[4:-1]
+
+
+def _el_list(name, v):
+    return b'\x04' + name + _encode_array(v)
+
+
+_EL = {
+    str: _el_str,
+    int: _el_int,
+    bool: lambda name, v: b'\x08' + name + (b'\x01' if v else b'\x00'),
+    float: lambda name, v: b'\x01' + name + _pack_d(v),
+    type(None): lambda name, v: b'\x0a' + name,
+    dict: lambda name, v: b'\x03' + name + encode_doc(v),
+    RawDoc: lambda name, v: b'\x03' + name + v,
+    list: _el_list,
+    tuple: _el_list,
+    datetime.datetime: lambda name, v: b'\x09' + name + _pack_q(_millis(v)),
+    ObjectId: lambda name, v: b'\x07' + name + v.binary,
+    Int64: lambda name, v: b'\x12' + name + _pack_q(v),
+    Timestamp: lambda name, v: b'\x11' + name + _pack_II(v.inc, v.time),
+}
+
+
+def _encode_array(v):
+    names = _INDEX_NAMES
+    parts = []
+    for i, x in enumerate(v):
+        name = names[i] if i < 1024 else b'%d\x00' % i
+        parts.append(_EL.get(type(x), _el_other)(name, x))
+    body = b''.join(parts)
+    return _pack_i(len(body) + 5) + body + b'\x00'
+
+
+def encode_doc(d):
+    """BSON of a document, keys in their order (what bson does for embedded documents)."""
+    el = _EL
+    parts = [el.get(type(v), _el_other)(_name(k), v) for k, v in d.items()]
+    body = b''.join(parts)
+    return _pack_i(len(body) + 5) + body + b'\x00'
+
+
+def encode_top(d):
+    """BSON of a top-level document: like bson.encode, "_id" goes first."""
+    if '_id' in d and next(iter(d)) != '_id':
+        d = {'_id': d['_id'], **d}
+    return encode_doc(d)
+
+
+def dcopy(v):
+    """Deep copy of a document value: dicts and lists are copied, scalars (immutable) shared."""
+    t = type(v)
+    if t is dict:
+        return {k: dcopy(x) for k, x in v.items()}
+    if t is list:
+        return [dcopy(x) for x in v]
+    if t in _IMMUTABLE:
+        return v
+    return copy.deepcopy(v)
+
+
+_IMMUTABLE = frozenset([str, int, bool, float, type(None), datetime.datetime, ObjectId, Int64,
+                        Timestamp, bytes])
+
+
+# --------------------------------------------------------------------------
 # document helpers
 
 ID_CHARS = string.ascii_letters + string.digits
 
 
+_ID_PAIRS = [a + b for a in ID_CHARS for b in ID_CHARS]   # 62 * 62 = 3844
+
+
 def gen_id(rng=random.SystemRandom()):
-    return ''.join(rng.choice(ID_CHARS) for _ in range(10))
+    x = rng.randrange(62 ** 10)   # uniform over the 10-character ids
+    p = _ID_PAIRS
+    x, a = divmod(x, 3844)
+    x, b = divmod(x, 3844)
+    x, c = divmod(x, 3844)
+    x, d = divmod(x, 3844)
+    return p[a] + p[b] + p[c] + p[d] + p[x]
 
 
 def id_key(v):
@@ -119,11 +264,11 @@ def id_key(v):
         return ('n', v)
     if isinstance(v, ObjectId):
         return ('o', v.binary)
-    return ('x', bson.encode({'v': v}))
+    return ('x', encode_doc({'v': v}))
 
 
 def same_doc(a, b):
-    return bson.encode(a) == bson.encode(b)
+    return encode_top(a) == encode_top(b)
 
 
 _MISSING = object()
@@ -293,7 +438,7 @@ def match(doc, query):
 
 def apply_update(old, upd, inserting):
     """Apply an operator update to a copy of old. Returns (new, updated, removed)."""
-    new = copy.deepcopy(old)
+    new = dcopy(old)
     updated = {}
     removed = []
     for op, fields in upd.items():
@@ -384,9 +529,9 @@ def project(doc, proj):
         for k in incl:
             v = get_path(doc, k)
             if v is not _MISSING:
-                set_path(out, k, v)
+                set_path(out, k, dcopy(v))
         return out
-    out = copy.deepcopy(doc)
+    out = dcopy(doc)
     for k in excl:
         unset_path(out, k)
     if not keep_id:
@@ -416,19 +561,42 @@ def parse_token(tok):
 # state
 
 class Entry(object):
-    __slots__ = ('idx', 'ts', 'wall', 'op', 'db', 'coll', 'id', 'doc', 'ud',
-                 'pre', 'post', 'invalidates')
+    # ts: (seconds, counter) of clusterTime; wall_ms: wallTime in ms since the epoch
+    __slots__ = ('idx', 'ts', 'wall_ms', 'op', 'db', 'coll', 'id', 'doc', 'ud',
+                 'pre', 'post', 'invalidates', 'raw_doc', 'raw')
 
-    def __init__(self, op, db, coll, **kw):
+    def __init__(self, op, db, coll, id=_MISSING, doc=None, ud=None, pre=None, post=None,
+                 invalidates=False, raw_doc=None):
         self.op = op
         self.db = db
         self.coll = coll
-        self.id = kw.get('id', _MISSING)
-        self.doc = kw.get('doc')
-        self.ud = kw.get('ud')
-        self.pre = kw.get('pre')
-        self.post = kw.get('post')
-        self.invalidates = kw.get('invalidates', False)
+        self.id = id
+        self.doc = doc
+        self.ud = ud
+        self.pre = pre
+        self.post = post
+        self.invalidates = invalidates
+        self.raw_doc = raw_doc    # encode_doc(doc), if the writer already has it
+        self.raw = None           # rendered events: {variant: RawDoc}
+
+
+# the parts of a change event that are the same for every event
+_E_ID = b'\x03_id\x00' + _pack_i(37) + b'\x02_data\x00' + _pack_i(21)   # + 20 chars + b'\0\0'
+_E_OPS = {}   # operationType -> its element
+_E_CT = b'\x11clusterTime\x00'
+_E_WT = b'\x09wallTime\x00'
+_E_FD = b'\x03fullDocument\x00'
+_E_FD_NULL = b'\x0afullDocument\x00'
+_E_PRE = b'\x03fullDocumentBeforeChange\x00'
+_E_PRE_NULL = b'\x0afullDocumentBeforeChange\x00'
+_E_NS = b'\x03ns\x00'
+_E_UD = b'\x03updateDescription\x00'
+_E_DK = b'\x03documentKey\x00'
+
+
+def _raw_event(parts):
+    body = b''.join(parts)
+    return RawDoc(_pack_i(len(body) + 5) + body + b'\x00')
 
 
 class Cursor(object):
@@ -442,6 +610,10 @@ class Cursor(object):
         self.conn = None
         self.ns = '%s.%s' % (db, coll) if coll else '%s.$cmd.aggregate' % db
         self.stat_ns = '%s.%s' % (db, coll if coll else '*')
+        # how this cursor renders an event (see Store._event): fullDocument of
+        # an update: 0 = none, 1 = post-image, 2 = looked up; pre-image: 0/1
+        self.fd_mode = {'updateLookup': 2, 'whenAvailable': 1, 'required': 1}.get(full_doc, 0)
+        self.pre_mode = 1 if before in ('whenAvailable', 'required') else 0
 
 
 class Fault(object):
@@ -457,15 +629,29 @@ class Conn(object):
     def __init__(self, sock, cid):
         self.sock = sock
         self.id = cid
+        self.prefetch = None   # (cursor, limit) to render ahead after the reply is sent
 
 
 class Store(object):
+    """All state, guarded by one lock (self.lock; `with self.cv` takes it).
+
+    A getMore that waits for events waits on the condition of its namespace
+    ((db, coll), or (db, None) for a database-wide stream), which shares that
+    lock: a write wakes only the streams of its collection (and of its
+    database), not every idle stream.
+
+    Stored documents are never changed in place (updates copy), so events and
+    documents may share them, and their encoded BSON can be cached.
+    """
+
     def __init__(self, rs, images_default, max_wire):
         self.rs = rs
         self.images_default = images_default
         self.max_wire = max_wire
         self.port = 0
-        self.cv = threading.Condition(threading.Lock())
+        self.lock = threading.Lock()
+        self.cv = threading.Condition(self.lock)
+        self.conds = {}       # (db, coll or None) -> Condition(self.lock)
         self.colls = {}       # (db, coll) -> {idkey: doc}
         self.images = {}      # (db, coll) -> [pre, post]
         self.oplog = []       # oplog[i] has idx == base + i
@@ -484,16 +670,36 @@ class Store(object):
         self.faults_fired = 0
         self.stopping = False
         self.rng = random.Random()
+        self.raw_ns = {}      # (db, coll) -> the ns element of its events
+
+    # -- wake-ups (call with the lock held) ---------------------------------
+    def cond(self, db, coll):
+        c = self.conds.get((db, coll))
+        if c is None:
+            c = self.conds[(db, coll)] = threading.Condition(self.lock)
+        return c
+
+    def wake(self, db, coll):
+        """Wakes the getMores waiting on (db, coll) and on the whole of db."""
+        c = self.conds.get((db, coll))
+        if c is not None:
+            c.notify_all()
+        c = self.conds.get((db, None))
+        if c is not None:
+            c.notify_all()
+
+    def wake_all(self):
+        for c in self.conds.values():
+            c.notify_all()
 
     # -- oplog -------------------------------------------------------------
-    def _next_ts(self):
-        now = int(time.time())
+    def _next_ts(self, now):
         t, i = self.last_ts
         if now > t:
             self.last_ts = (now, 1)
         else:
             self.last_ts = (t, i + 1)
-        return Timestamp(*self.last_ts)
+        return self.last_ts
 
     def op_time(self):
         return Timestamp(*self.last_ts) if self.last_ts[1] else Timestamp(self.last_ts[0], 1)
@@ -501,12 +707,12 @@ class Store(object):
     def _append(self, e, notify=True):
         e.idx = self.next_idx
         self.next_idx += 1
-        e.ts = self._next_ts()
-        now = datetime.datetime.now(UTC)
-        e.wall = now.replace(microsecond=now.microsecond // 1000 * 1000)
+        ms = time.time_ns() // 1000000
+        e.ts = self._next_ts(ms // 1000)
+        e.wall_ms = ms
         self.oplog.append(e)
         if notify:
-            self.cv.notify_all()
+            self.wake(e.db, e.coll)
         return e
 
     def _entry(self, idx):
@@ -524,17 +730,18 @@ class Store(object):
             c = self.colls[(db, coll)] = {}
         return c
 
-    # -- writes (call with self.cv held) --------------------------------------
-    def w_insert(self, db, coll, doc, notify=True):
+    # -- writes (call with the lock held) -------------------------------------
+    def w_insert(self, db, coll, doc, notify=True, owned=False):
+        """owned: doc is a fresh object nobody else changes (no copy is made)."""
         if '_id' not in doc:
-            doc = dict(doc)
             doc = {'_id': gen_id(self.rng), **doc}
         c = self._coll(db, coll, True)
         k = id_key(doc['_id'])
         if k in c:
             raise MongoError(11000, 'DuplicateKey',
                              'E11000 duplicate key error collection: %s.%s index: _id_ dup key: { _id: %r }' % (db, coll, doc['_id']))
-        doc = copy.deepcopy(doc)
+        if not owned:
+            doc = dcopy(doc)
         c[k] = doc
         pre, post = self._imgs(db, coll)
         return self._append(Entry('insert', db, coll, id=doc['_id'], doc=doc,
@@ -542,7 +749,7 @@ class Store(object):
 
     def w_replace(self, db, coll, old, new):
         c = self._coll(db, coll, True)
-        new = copy.deepcopy(new)
+        new = dcopy(new)
         if old is not None:
             new = {'_id': old['_id'], **{k: v for k, v in new.items() if k != '_id'}}
         c[id_key(new['_id'])] = new
@@ -561,7 +768,7 @@ class Store(object):
         if inserting:
             if '_id' not in new:
                 new = {'_id': ObjectId(), **new}
-            return self.w_insert(db, coll, new)
+            return self.w_insert(db, coll, new, owned=True)
         if same_doc(old, new):
             return None
         c = self._coll(db, coll, True)
@@ -576,6 +783,36 @@ class Store(object):
         del c[id_key(doc['_id'])]
         pre, post = self._imgs(db, coll)
         return self._append(Entry('delete', db, coll, id=doc['_id'], pre=doc if pre else None))
+
+    def w_bulk(self, db, coll, n, tpl):
+        """Inserts {_id: <generated>, n: i, **tpl} for i < n (tpl has no _id),
+        waking the streams once. Returns the first and last entries.
+
+        The documents share the template's values (stored documents are never
+        changed in place), and their BSON is spliced from the template's."""
+        tpl = dcopy(tpl)
+        raw_tpl = None if 'n' in tpl else encode_doc(tpl)[4:-1]
+        rng = self.rng
+        c = self._coll(db, coll, True)
+        post = self._imgs(db, coll)[1]
+        append = self._append
+        first = last = None
+        for i in range(n):
+            _id = gen_id(rng)
+            doc = {'_id': _id, 'n': i, **tpl}
+            raw = None
+            if raw_tpl is not None:
+                body = b''.join((_el_str(b'_id\x00', _id), _el_int(b'n\x00', i), raw_tpl))
+                raw = _pack_i(len(body) + 5) + body + b'\x00'
+            if _id in c:
+                self.w_insert(db, coll, doc)   # duplicate key: raises
+            c[_id] = doc
+            last = append(Entry('insert', db, coll, _id, doc, None, None, doc if post else None,
+                                False, raw), False)
+            if first is None:
+                first = last
+        self.wake(db, coll)
+        return first, last
 
     def w_drop(self, db, coll):
         self.colls.pop((db, coll), None)
@@ -597,6 +834,8 @@ class Store(object):
 
     # -- faults ------------------------------------------------------------
     def take_fault(self, where, db, coll):
+        if not self.faults:
+            return None
         for f in self.faults:
             if f.count <= 0:
                 continue
@@ -623,79 +862,129 @@ class Store(object):
         raise MongoError(1, 'InternalError', 'unknown fault %s' % f.kind)
 
     # -- change streams ----------------------------------------------------
-    def _render(self, e, cur):
-        """Render an oplog entry for a cursor; None if filtered out."""
-        if e.db != cur.db:
-            return None
-        if cur.coll is not None and e.coll != cur.coll:
-            return None
-        if e.op == 'noop':
-            return None
-        if e.op == 'invalidate':
-            if cur.coll is None:
-                return None
-            return {'_id': make_token(e.idx, True), 'operationType': 'invalidate',
-                    'clusterTime': e.ts, 'wallTime': e.wall}
-        ev = {'_id': make_token(e.idx, True), 'operationType': e.op,
-              'clusterTime': e.ts, 'wallTime': e.wall}
-        if e.op == 'drop':
-            ev['ns'] = {'db': e.db, 'coll': e.coll}
-            return ev
-        if e.op in ('insert', 'replace'):
-            ev['fullDocument'] = e.doc
-        elif e.op == 'update':
-            fd = cur.full_doc
-            if fd == 'updateLookup':
-                c = self.colls.get((e.db, e.coll))
-                ev['fullDocument'] = c.get(id_key(e.id)) if c else None
-            elif fd in ('whenAvailable', 'required'):
-                if e.post is None and fd == 'required':
-                    raise MongoError(280, 'ChangeStreamFatalError',
-                                     'Change stream was configured to require a post-image for all update, '
-                                     'delete and replace events, but the post-image was not found for event: '
-                                     '%s' % make_token(e.idx, True)['_data'])
-                ev['fullDocument'] = e.post
-        ev['ns'] = {'db': e.db, 'coll': e.coll}
-        ev['documentKey'] = {'_id': e.id}
-        if e.op == 'update':
-            ev['updateDescription'] = e.ud
-        if e.op in ('update', 'replace', 'delete') and cur.before in ('whenAvailable', 'required'):
-            if e.pre is None and cur.before == 'required':
+    def _event(self, e, cur):
+        """The change event of oplog entry e for cursor cur, as a RawDoc.
+
+        e is one the cursor sees (its db and collection, not a noop, not an
+        invalidate for a database-wide stream). Rendered events are cached on
+        the entry by variant, except updates with updateLookup (the document
+        is read when the reply is built)."""
+        op = e.op
+        if op == 'update':
+            fd = cur.fd_mode
+            if fd == 1 and e.post is None and cur.full_doc == 'required':
                 raise MongoError(280, 'ChangeStreamFatalError',
-                                 'Change stream was configured to require a pre-image for all update, '
-                                 'delete and replace events, but the pre-image was not found for event: '
+                                 'Change stream was configured to require a post-image for all update, '
+                                 'delete and replace events, but the post-image was not found for event: '
                                  '%s' % make_token(e.idx, True)['_data'])
-            ev['fullDocumentBeforeChange'] = e.pre
+            pre = cur.pre_mode
+        elif op == 'replace' or op == 'delete':
+            fd = 0
+            pre = cur.pre_mode
+        else:
+            fd = pre = 0
+        if pre and e.pre is None and cur.before == 'required':
+            raise MongoError(280, 'ChangeStreamFatalError',
+                             'Change stream was configured to require a pre-image for all update, '
+                             'delete and replace events, but the pre-image was not found for event: '
+                             '%s' % make_token(e.idx, True)['_data'])
+        variant = fd * 2 + pre
+        if e.raw is not None:
+            ev = e.raw.get(variant)
+            if ev is not None:
+                return ev
+        ev = self._render(e, fd, pre)
+        if fd != 2:
+            if e.raw is None:
+                e.raw = {variant: ev}
+            else:
+                e.raw[variant] = ev
         return ev
 
+    def _render(self, e, fd, pre):
+        op = e.op
+        ts_time, ts_inc = e.ts
+        opel = _E_OPS.get(op)
+        if opel is None:
+            opel = _E_OPS[op] = _el_str(b'operationType\x00', op)
+        parts = [_E_ID, b'82%016X01\x00\x00' % e.idx, opel,
+                 _E_CT, _pack_II(ts_inc, ts_time),
+                 _E_WT, _pack_q(e.wall_ms)]
+        if op == 'invalidate':
+            return _raw_event(parts)
+        ns = self.raw_ns.get((e.db, e.coll))
+        if ns is None:
+            ns = self.raw_ns[(e.db, e.coll)] = _E_NS + encode_doc({'db': e.db, 'coll': e.coll})
+        if op == 'drop':
+            parts.append(ns)
+            return _raw_event(parts)
+        if op == 'insert' or op == 'replace':
+            if e.raw_doc is None:
+                e.raw_doc = encode_doc(e.doc)
+            parts.append(_E_FD)
+            parts.append(e.raw_doc)
+        elif op == 'update' and fd:
+            if fd == 2:
+                c = self.colls.get((e.db, e.coll))
+                d = c.get(id_key(e.id)) if c else None
+            else:
+                d = e.post
+            if d is None:
+                parts.append(_E_FD_NULL)
+            else:
+                parts.append(_E_FD)
+                parts.append(encode_doc(d))
+        parts.append(ns)
+        parts.append(_E_DK)
+        v = e.id
+        body = _EL.get(type(v), _el_other)(b'_id\x00', v)
+        parts.append(_pack_i(len(body) + 5))
+        parts.append(body)
+        parts.append(b'\x00')
+        if op == 'update':
+            parts.append(_E_UD)
+            parts.append(encode_doc(e.ud))
+        if pre and op != 'insert':
+            if e.pre is None:
+                parts.append(_E_PRE_NULL)
+            else:
+                parts.append(_E_PRE)
+                parts.append(encode_doc(e.pre))
+        return _raw_event(parts)
+
     def collect(self, cur, limit, max_bytes=8 * 1024 * 1024):
-        """Events after cur.pos. Returns (batch, invalidated, last_was_event)."""
+        """Events after cur.pos, as RawDocs. Returns (batch, invalidated, last_was_event)."""
         batch = []
         size = 0
+        oplog = self.oplog
         i = max(cur.pos + 1 - self.base, 0)
-        n = len(self.oplog)
+        n = len(oplog)
+        db, coll = cur.db, cur.coll
         last_event = False
         while i < n and len(batch) < limit:
-            e = self.oplog[i]
+            e = oplog[i]
+            if (e.db != db or (coll is not None and e.coll != coll) or e.op == 'noop'
+                    or (coll is None and e.op == 'invalidate')):
+                # not for this stream: skip without a function call
+                cur.pos = e.idx
+                last_event = False
+                i += 1
+                continue
             try:
-                ev = self._render(e, cur)
+                ev = self._event(e, cur)
             except MongoError:
                 if batch:
                     break
                 raise
-            if ev is not None:
-                if max_bytes and batch:
-                    size += len(bson.encode(ev))
-                    if size > max_bytes:
-                        break
-                batch.append(ev)
-                cur.pos = e.idx
-                last_event = True
-                if ev['operationType'] == 'invalidate':
-                    return batch, True, True
-            else:
-                cur.pos = e.idx
-                last_event = False
+            if max_bytes and batch:
+                size += len(ev)
+                if size > max_bytes:
+                    break
+            batch.append(ev)
+            cur.pos = e.idx
+            last_event = True
+            if e.op == 'invalidate':
+                return batch, True, True
             i += 1
         if i >= n:
             # scanned to the end: position is the current end of the oplog
@@ -716,10 +1005,55 @@ class Store(object):
             out[c.stat_ns] = out.get(c.stat_ns, 0) + 1
         return out
 
+    def prefetch(self, cur, limit, sock, chunk=128, max_bytes=8 * 1024 * 1024):
+        """Renders (into the entries' caches) the events that the next getMore
+        of cur will return, while its client is busy with the reply just sent,
+        so that getMore only splices them. Takes the lock a chunk at a time, and
+        stops as soon as the client's next request arrives. cur.pos is not moved."""
+        pos = cur.pos
+        done = size = 0
+        lookup = cur.fd_mode == 2
+        db, coll = cur.db, cur.coll
+        while done < limit and size <= max_bytes:
+            try:
+                if select.select([sock], [], [], 0)[0]:
+                    return   # the next request is here: serve it
+            except (OSError, ValueError):
+                return
+            with self.lock:
+                if self.stopping or self.cursors.get(cur.id) is not cur:
+                    return
+                oplog = self.oplog
+                i = max(pos + 1 - self.base, 0)
+                end = min(len(oplog), i + chunk)
+                if i >= end:
+                    return
+                while i < end and done < limit:
+                    e = oplog[i]
+                    i += 1
+                    pos = e.idx
+                    if (e.db != db or (coll is not None and e.coll != coll) or e.op == 'noop'
+                            or (coll is None and e.op == 'invalidate')):
+                        continue
+                    done += 1
+                    if lookup and e.op == 'update':
+                        continue   # not cached: rendered when the reply is built
+                    try:
+                        size += len(self._event(e, cur))
+                    except Exception:
+                        return   # the getMore itself will report it
+                    if e.op == 'invalidate':
+                        return
+
     def kill_cursor(self, cid, orphan=False):
         c = self.cursors.pop(cid, None)
-        if c is not None and orphan:
-            self.orphaned.add(cid)
+        if c is not None:
+            if orphan:
+                self.orphaned.add(cid)
+            # a getMore blocked on it returns "cursor not found" now
+            cc = self.conds.get((c.db, c.coll))
+            if cc is not None:
+                cc.notify_all()
         return c
 
 
@@ -780,22 +1114,20 @@ class Server(mockupdb.MockupDB):
             vlog('connection %d closed' % conn.id)
 
 
-_reply_id = [0]
+_reply_ids = itertools.count(1)
 
 
 def send_op_msg(conn, request, doc):
-    payload = bson.encode(doc)
-    _reply_id[0] += 1
+    payload = encode_top(doc)
     data = b'\x00\x00\x00\x00\x00' + payload
-    conn.sock.sendall(struct.pack('<iiii', 16 + len(data), _reply_id[0] & 0x7fffffff,
+    conn.sock.sendall(struct.pack('<iiii', 16 + len(data), next(_reply_ids) & 0x7fffffff,
                                   request.request_id, OP_MSG) + data)
 
 
 def send_op_reply(conn, request, doc):
-    payload = bson.encode(doc)
-    _reply_id[0] += 1
+    payload = encode_top(doc)
     data = struct.pack('<iqii', 0, 0, 0, 1) + payload
-    conn.sock.sendall(struct.pack('<iiii', 16 + len(data), _reply_id[0] & 0x7fffffff,
+    conn.sock.sendall(struct.pack('<iiii', 16 + len(data), next(_reply_ids) & 0x7fffffff,
                                   request.request_id, OP_REPLY) + data)
 
 
@@ -809,14 +1141,20 @@ class Wire(object):
             db = cmd.get('$db', 'admin')
             reply = self.run(cmd, db, conn)
             if request.flags & MORE_TO_COME:
+                conn.prefetch = None
                 return
             send_op_msg(conn, request, reply)
+            if conn.prefetch is not None:
+                cur, limit = conn.prefetch
+                conn.prefetch = None
+                self.st.prefetch(cur, limit, conn.sock)
         elif isinstance(request, mockupdb.Command):
             cmd = dict(request.doc)
             if '$query' in cmd:
                 cmd = dict(cmd['$query'])
             vlog('conn %d: legacy OP_QUERY command %s' % (conn.id, next(iter(cmd), '')))
             reply = self.run(cmd, request.namespace, conn)
+            conn.prefetch = None
             send_op_reply(conn, request, reply)
         elif isinstance(request, mockupdb.OpQuery):
             send_op_reply(conn, request, {'$err': 'legacy OP_QUERY not supported', 'code': 352, 'ok': 0})
@@ -880,7 +1218,6 @@ class Wire(object):
                     killed.append(Int64(cid))
                 else:
                     missing.append(Int64(cid))
-            st.cv.notify_all()
         return {'cursorsKilled': killed, 'cursorsNotFound': missing, 'cursorsAlive': [],
                 'cursorsUnknown': [], 'ok': 1.0}
 
@@ -931,13 +1268,13 @@ class Wire(object):
                     raise MongoError(14, 'TypeMismatch', 'startAtOperationTime must be a Timestamp')
                 pos = st.base - 1
                 for e in st.oplog:
-                    if (e.ts.time, e.ts.inc) < (ts.time, ts.inc):
+                    if e.ts < (ts.time, ts.inc):
                         pos = e.idx
                     else:
                         break
                 if pos < st.min_valid:
                     first = st._entry(st.min_valid)
-                    if first is not None and (ts.time, ts.inc) < (first.ts.time, first.ts.inc):
+                    if first is not None and (ts.time, ts.inc) < first.ts:
                         raise history_lost()
                     pos = st.min_valid
             else:
@@ -948,6 +1285,8 @@ class Wire(object):
             batch, invalidated, last_event = st.collect(cur, limit) if limit > 0 else ([], False, False)
             if not invalidated:
                 st.cursors[cid] = cur
+                if batch:
+                    conn.prefetch = (cur, 1000)
             reply = {'cursor': {'id': Int64(0 if invalidated else cid), 'ns': cur.ns,
                                 'firstBatch': batch,
                                 'postBatchResumeToken': make_token(cur.pos, last_event)},
@@ -989,9 +1328,11 @@ class Wire(object):
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     break
-                st.cv.wait(remaining)
+                st.cond(cur.db, cur.coll).wait(remaining)
             if invalidated:
                 st.kill_cursor(cid)
+            elif batch:
+                conn.prefetch = (cur, limit)
             reply = {'cursor': {'id': Int64(0 if invalidated else cid), 'ns': cur.ns,
                                 'nextBatch': batch,
                                 'postBatchResumeToken': make_token(cur.pos, last_event)},
@@ -1260,14 +1601,18 @@ class Control(object):
         n = int(body.get('n') or 0)
         tpl = {k: v for k, v in (body.get('template') or {}).items() if k != '_id'}
         st = self.st
-        first = last = None
-        with st.cv:
-            for i in range(n):
-                e = st.w_insert(db, coll, {'_id': gen_id(st.rng), 'n': i, **tpl}, notify=False)
-                if first is None:
-                    first = e
-                last = e
-            st.cv.notify_all()
+        # The documents and entries live as long as the oplog: no garbage
+        # collection while they are made, then keep them out of later ones
+        # (full collections that scanned the whole oplog took a third of the time).
+        gc_was = gc.isenabled()
+        gc.disable()
+        try:
+            with st.cv:
+                first, last = st.w_bulk(db, coll, n, tpl)
+        finally:
+            gc.freeze()
+            if gc_was:
+                gc.enable()
         return {'ok': True, 'n': n,
                 'first_token': make_token(first.idx, True) if first else None,
                 'last_token': make_token(last.idx, True) if last else None}
@@ -1305,7 +1650,13 @@ class Control(object):
             on = ['getMore', 'aggregate'] if on == 'both' else [on]
         with st.cv:
             st.faults.append(Fault(kind, db, coll, count, on))
-            st.cv.notify_all()   # blocked getMores re-check faults now
+            # blocked getMores of the targeted streams re-check faults now
+            if coll is None:
+                st.wake_all()
+            else:
+                cc = st.conds.get((db, coll))
+                if cc is not None:
+                    cc.notify_all()
         log('fault %s armed (count %d, coll %s, on %s)' % (kind, count, coll or '*', '+'.join(on)))
         return {'ok': True}
 
@@ -1464,7 +1815,7 @@ def main():
         pass
     with store.cv:
         store.stopping = True
-        store.cv.notify_all()
+        store.wake_all()
     try:
         httpd.socket.close()
         srv._stopped = True
