@@ -538,7 +538,8 @@ static int http_request(lq_gateway *gw, conn *c, struct lws *wsi, const char *pa
                                                                                    : "standby";
         snprintf(tmp, sizeof(tmp),
                  "{\"status\":\"ok\",\"redis\":\"%s\",\"connections\":%d,\"tailer\":\"%s\"}\n",
-                 lq_bus_connected(gw->bus) ? "connected" : "disconnected", gw->nconns, tailer);
+                 gw->bus == NULL ? "n/a" : lq_bus_connected(gw->bus) ? "connected" : "disconnected",
+                 gw->nconns, tailer);
         lq_buf_puts(&body, tmp);
         type = "application/json";
     } else if (strcmp(path, "/metrics") == 0) {
@@ -653,6 +654,11 @@ static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *use
         LQ_METRIC_INC(connections_total);
         if (gw->draining) {
             lws_close_reason(wsi, LWS_CLOSE_STATUS_GOINGAWAY, (unsigned char *)"going away", 10);
+            return -1;
+        }
+        if (gw->bus == NULL) { /* --role tailer: HTTP (/health, /metrics) only */
+            lws_close_reason(wsi, LWS_CLOSE_STATUS_POLICY_VIOLATION,
+                             (unsigned char *)"not a gateway (--role tailer)", 29);
             return -1;
         }
         if (gw->nconns >= gw->cfg->max_connections) {
@@ -776,14 +782,17 @@ lq_gateway *lq_gateway_new(const lq_config *cfg)
         lq_gateway_free(gw);
         return NULL;
     }
-    gw->bus = lq_bus_new(cfg, wake, gw);
-    if (lq_bus_start(gw->bus) != LQ_OK) {
-        LQ_ERROR("cannot start the redis thread", NULL);
-        lq_gateway_free(gw);
-        return NULL;
+    if (cfg->role & LQ_ROLE_GATEWAY) {
+        gw->bus = lq_bus_new(cfg, wake, gw);
+        if (lq_bus_start(gw->bus) != LQ_OK) {
+            LQ_ERROR("cannot start the redis thread", NULL);
+            lq_gateway_free(gw);
+            return NULL;
+        }
     }
-    LQ_INFO("listening", "host=%s port=%d app_id=%s redis=%s:%d event_loop=%s", cfg->host, cfg->port,
-            cfg->app_id, cfg->redis_host, cfg->redis_port, gw->uv ? "uv" : "poll");
+    LQ_INFO("listening", "host=%s port=%d app_id=%s redis=%s:%d event_loop=%s websocket=%s", cfg->host,
+            cfg->port, cfg->app_id, cfg->redis_host, cfg->redis_port, gw->uv ? "uv" : "poll",
+            gw->bus ? "on" : "off (tailer only: /health and /metrics)");
     return gw;
 }
 

@@ -10,12 +10,10 @@
 #include "livequery/tailer.h"
 
 static lq_gateway *the_gateway;
-static volatile sig_atomic_t stop_requested;
 
 static void on_signal(int sig)
 {
     (void)sig;
-    stop_requested = 1;
     if (the_gateway)
         lq_gateway_stop(the_gateway);
 }
@@ -60,25 +58,14 @@ int main(int argc, char **argv)
     } else if (cfg.role & LQ_ROLE_TAILER) {
         LQ_INFO("no --mongodb-uri: the tailer does not run; events come from Redis only", NULL);
     }
-    rc = 0;
-    if (cfg.role & LQ_ROLE_GATEWAY) {
-        the_gateway = lq_gateway_new(&cfg);
-        if (the_gateway == NULL) {
-            lq_tailer_free(tailer);
-            lq_config_release(&cfg);
-            return 1;
-        }
-        rc = lq_gateway_run(the_gateway);
-    } else {
-        sigset_t block, old;
-        sigemptyset(&block);
-        sigaddset(&block, SIGINT);
-        sigaddset(&block, SIGTERM);
-        sigprocmask(SIG_BLOCK, &block, &old); /* no signal between the test and the wait */
-        while (!stop_requested)
-            sigsuspend(&old);
-        sigprocmask(SIG_SETMASK, &old, NULL);
+    /* a tailer-only process still serves /health and /metrics on --port */
+    the_gateway = lq_gateway_new(&cfg);
+    if (the_gateway == NULL) {
+        lq_tailer_free(tailer);
+        lq_config_release(&cfg);
+        return 1;
     }
+    rc = lq_gateway_run(the_gateway);
     LQ_INFO("shutting down", NULL);
     lq_gateway_free(the_gateway);
     the_gateway = NULL;

@@ -262,29 +262,28 @@ h.test('without pre-images: original and deletes from the last-seen cache; unkno
   assert.ok((await M.metrics(g3)).tailer_deletes_acl_unknown >= 1);
 });
 
-h.test('--role tailer publishes without serving clients; --role gateway does not tail', async () => {
+h.test('--role tailer publishes and serves only /health and /metrics; --role gateway does not tail', async () => {
   const m3 = await M.startMongo();
   const redis3 = await h.startRedis();
   const gwOnly = await h.startGateway({ redis: redis3, masterKey: h.MASTER_KEY, args: ['--role', 'gateway', '--mongodb-uri', m3.uri] });
   const c = await h.wsClient(gwOnly.url);
   await c.connect();
   await c.subscribe(1, 'BookStockLog', {});
-  // the tailer-only process: no HTTP port to wait on, so wait for its state in Redis
-  const { spawn } = require('node:child_process');
-  const port = await h.freePort();
-  let log = '';
-  const tp = spawn(h.gatewayBin(), ['--role', 'tailer', '--app-id', h.APP_ID, '--port', String(port),
-    '--redis-url', redis3.url, '--mongodb-uri', m3.uri, '--lease-ttl', '1000'], { env: h.cleanEnv(), stdio: ['ignore', 'pipe', 'pipe'] });
-  tp.stderr.on('data', (d) => { log += d; });
-  h.onTeardown(() => h.stopProcess(tp));
+  const tp = await M.startTailer({ redis: redis3, mongo: m3, role: 'tailer' });
   const p3 = await h.publisher(redis3.port);
   await h.waitFor(async () => (await M.tailerState(p3, 'BookStockLog')).token, { timeout: 15000, what: 'tailer-only stream open' });
-  assert.equal(await h.httpAnswers(port), false, 'a tailer-only process listens on no port');
+  const health = await (await fetch(`http://127.0.0.1:${tp.port}/health`)).json();
+  assert.deepEqual(health, { status: 'ok', redis: 'n/a', connections: 0, tailer: 'active' });
+  const refused = h.wsClientNoWait(tp.url);
+  const closed = await h.withTimeout(refused.closed, 5000, 'tailer-only refuses WebSocket');
+  assert.equal(closed.code, 1008);
+  assert.match(closed.reason, /not a gateway/);
+  assert.equal((await M.metrics(tp)).tailer_leader, 1, '/metrics is served');
   await m3.insert('BookStockLog', { _id: 'role000001', isbn: 'x' });
   assert.equal((await c.event(1, 'role000001', 5000)).op, 'create');
   const st = await m3.stats();
   assert.equal(st.change_streams_open['parse.BookStockLog'], 1, 'only the tailer-only process watches');
-  await h.stopProcess(tp, 'SIGTERM', 5000);
-  assert.equal(tp.exitCode, 0, `tailer exit: ${log.slice(-1000)}`);
-  assert.match(log, /tailer lease released/);
+  await tp.stop();
+  assert.equal(tp.crash, null);
+  assert.match(tp.logs(), /tailer lease released/);
 });
