@@ -68,6 +68,15 @@
  *  - Documents/arrays nested LQ_PARSEDOC_MAX_DEPTH deep (a field's own value
  *    is level 0) become null. Malformed BSON stops the iteration at the bad
  *    element; no input crashes the converter.
+ *  - A key given twice (at any depth: repeated BSON keys, keys equal once
+ *    repaired; at the top level also a pointer or relation named like a
+ *    field, _p_objectId, _p_ACL, _created_at after a legacy createdAt, a
+ *    stored expiresAt next to _expiresAt) keeps its first position and gets
+ *    the last value (jansson's replace in place). lq_parsedoc_write_rest
+ *    writes each key once: such rare documents go through
+ *    lq_parsedoc_to_rest + lq_buf_json.
+ *  - opts->master_only: "ACL":{} whatever _rperm/_wperm hold (in the ACL's
+ *    place: last, or where a _p_ACL pointer put "ACL").
  *
  * Thread: a schema is immutable once built and reference-counted
  * (atomically), so tailer threads may share one; everything else is pure.
@@ -79,6 +88,7 @@
 #include <jansson.h>
 
 #include "livequery/error.h"
+#include "livequery/jsonout.h"
 
 /* Containers deeper than this inside one value are replaced by null. */
 #define LQ_PARSEDOC_MAX_DEPTH 100
@@ -133,6 +143,7 @@ size_t lq_schema_count(const lq_schema *s);
 
 typedef struct lq_parsedoc_opts {
     const char *files_url_prefix; /* File url = prefix + urlencoded name; NULL: no "url" */
+    int master_only;              /* "ACL":{} whatever is stored, even none (_Session, ...) */
 } lq_parsedoc_opts;
 
 /* Converts one stored object to REST JSON with "className" and "objectId"
@@ -142,6 +153,22 @@ typedef struct lq_parsedoc_opts {
  * doc is NULL, not iterable or has no _id. */
 json_t *lq_parsedoc_to_rest(const bson_t *doc, const char *class_name, const lq_class_schema *cls,
                             const lq_parsedoc_opts *opts, lq_error *err);
+
+/* The tailer's per-event path: appends the same REST object as
+ * lq_parsedoc_to_rest, as compact JSON text, straight from the BSON, without
+ * building a jansson tree. "Same" means json_loads of the text is
+ * lq_json_equal to lq_parsedoc_to_rest's result with the same arguments
+ * (numbers: integers as integers, doubles in lq_buf_json_number's form; the
+ * key order is the same); in fact the text is byte for byte lq_buf_json of
+ * that result, and no object in it has a key twice. With opts->master_only
+ * the ACL is {}. Returns LQ_OK, or LQ_ERR_INVAL with err set (code
+ * LQ_PARSE_ERR_SCHEMA: out or doc NULL, no _id) and out untouched.
+ * Ordinary documents cost no allocation besides out's growth (the duplicate
+ * key check spills to the heap past 64 keys in open objects); jansson is
+ * used for odd _id types, ACLs of more than 32 entries, stored REST Files
+ * that get a url, and documents with a key given twice (see above). */
+int lq_parsedoc_write_rest(lq_buf *out, const bson_t *doc, const char *class_name,
+                           const lq_class_schema *cls, const lq_parsedoc_opts *opts, lq_error *err);
 
 /* One BSON value (any depth) as REST JSON, with the nested rules only (Date,
  * Binary, ObjectId -> hex, Decimal128 -> string, Int64 -> integer, NaN and
