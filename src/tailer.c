@@ -74,7 +74,8 @@ static const char RELEASE_LUA[] =
 /* Last-seen objects of one class (without pre-images), least recently used first. */
 typedef struct cached {
     char *id;
-    json_t *obj;
+    char *text; /* the object's REST JSON as last published */
+    size_t len;
     UT_hash_handle hh;
 } cached;
 
@@ -98,6 +99,7 @@ typedef struct stream_ctx {
     char *state_key, *stream_key;
     cached *cache;
     size_t ncache;
+    lq_buf msg; /* the message being built (reader thread) */
 
     /* events on their way to Redis: the reader appends, the publisher thread
      * pipelines them (one script each, up to PIPELINE_MAX per round trip) */
@@ -627,7 +629,7 @@ static int schema_reload(lq_tailer *t, mongoc_client_t *client, int generation)
 
 /*---- the last-seen cache -------------------------------------------------------*/
 
-static json_t *cache_get(stream_ctx *s, const char *id)
+static const cached *cache_get(stream_ctx *s, const char *id)
 {
     cached *e;
     HASH_FIND_STR(s->cache, id, e);
@@ -636,7 +638,14 @@ static json_t *cache_get(stream_ctx *s, const char *id)
         return NULL;
     }
     LQ_METRIC_INC(tailer_cache_hits);
-    return e->obj;
+    return e;
+}
+
+static void cached_free(cached *e)
+{
+    free(e->text);
+    free(e->id);
+    free(e);
 }
 
 static void cache_drop(stream_ctx *s, const char *id)
@@ -645,14 +654,13 @@ static void cache_drop(stream_ctx *s, const char *id)
     HASH_FIND_STR(s->cache, id, e);
     if (e) {
         HASH_DEL(s->cache, e);
-        json_decref(e->obj);
-        free(e->id);
-        free(e);
+        cached_free(e);
         s->ncache--;
     }
 }
 
-static void cache_put(stream_ctx *s, const char *id, json_t *obj)
+/* Remembers text[0..len) as the object's last published state. */
+static void cache_put(stream_ctx *s, const char *id, const char *text, size_t len)
 {
     cached *e;
     if (s->t->cfg->tailer_cache_size <= 0)
@@ -660,21 +668,22 @@ static void cache_put(stream_ctx *s, const char *id, json_t *obj)
     HASH_FIND_STR(s->cache, id, e);
     if (e) { /* most recently used goes to the end */
         HASH_DEL(s->cache, e);
-        json_decref(e->obj);
+        free(e->text);
     } else {
         if (s->ncache >= (size_t)s->t->cfg->tailer_cache_size) {
             cached *old = s->cache; /* hash order is insertion order: the oldest */
             HASH_DEL(s->cache, old);
-            json_decref(old->obj);
-            free(old->id);
-            free(old);
+            cached_free(old);
             s->ncache--;
         }
         e = lq_xcalloc(1, sizeof(*e));
         e->id = lq_xstrdup(id);
         s->ncache++;
     }
-    e->obj = json_incref(obj);
+    e->text = lq_xmalloc(len + 1);
+    memcpy(e->text, text, len);
+    e->text[len] = '\0';
+    e->len = len;
     HASH_ADD_KEYPTR(hh, s->cache, e->id, strlen(e->id), e);
 }
 
@@ -684,9 +693,7 @@ static void cache_clear(stream_ctx *s)
     HASH_ITER(hh, s->cache, e, tmp)
     {
         HASH_DEL(s->cache, e);
-        json_decref(e->obj);
-        free(e->id);
-        free(e);
+        cached_free(e);
     }
     s->ncache = 0;
 }
@@ -772,8 +779,10 @@ static void key_text(const bson_iter_t *it, char *out, size_t cap)
         snprintf(out, cap, "?");
 }
 
-/* Converts the subdocument at key of ev, or NULL when absent/null. */
-static json_t *convert_at(stream_ctx *s, const bson_t *ev, const char *key, const lq_class_schema *cls)
+/* Appends the REST JSON of the subdocument at key of ev to out. Returns 1,
+ * or 0 (out unchanged) when it is absent, null or unconvertible. */
+static int write_at(stream_ctx *s, lq_buf *out, const bson_t *ev, const char *key,
+                    const lq_class_schema *cls)
 {
     bson_iter_t it;
     const uint8_t *data;
@@ -782,16 +791,17 @@ static json_t *convert_at(stream_ctx *s, const bson_t *ev, const char *key, cons
     lq_error err;
 
     if (!bson_iter_init_find(&it, ev, key) || !BSON_ITER_HOLDS_DOCUMENT(&it))
-        return NULL;
+        return 0;
     bson_iter_document(&it, &len, &data);
     if (!bson_init_static(&doc, data, len))
-        return NULL;
-    json_t *j = lq_parsedoc_to_rest(&doc, s->class_name, cls, &s->t->conv, &err);
-    if (j && s->master_only)
-        json_object_set_new(j, "ACL", json_object());
-    if (j == NULL)
+        return 0;
+    lq_parsedoc_opts opts = s->t->conv;
+    opts.master_only = s->master_only;
+    if (lq_parsedoc_write_rest(out, &doc, s->class_name, cls, &opts, &err) != LQ_OK) {
         LQ_WARN("tailer cannot convert a document", "class=%s reason=\"%s\"", s->class_name, err.text);
-    return j;
+        return 0;
+    }
+    return 1;
 }
 
 typedef enum { EV_DONE, EV_REOPEN, EV_LOST, EV_STOP } ev_result;
@@ -804,11 +814,12 @@ static ev_result handle_event(stream_ctx *s, const bson_t *ev, char **reopen_tok
     const char *type = NULL;
     char id[128] = "";
     char *token = NULL;
-    json_t *object = NULL, *original = NULL;
     const char *op = NULL;
     ev_result result = EV_DONE;
     lq_schema *schema = schema_get(s->t);
     const lq_class_schema *cls = lq_schema_class(schema, s->class_name);
+    lq_buf *m = &s->msg;
+    size_t obj_at = 0, obj_len = 0;
 
     if (bson_iter_init_find(&it, ev, "operationType") && BSON_ITER_HOLDS_UTF8(&it))
         type = bson_iter_utf8(&it, NULL);
@@ -829,46 +840,64 @@ static ev_result handle_event(stream_ctx *s, const bson_t *ev, char **reopen_tok
     }
     LQ_METRIC_INC(tailer_events_in);
 
+    /* the message is built as text, straight from the BSON (protocol/bus.md):
+     * {"v":1,"className":…,"op":…,"object":{…}[,"original":{…}],"seq":…,"epoch":…,"ts":…} */
+    m->len = 0;
+    lq_buf_puts(m, "{\"v\":1,\"className\":");
+    lq_buf_json_string(m, s->class_name, strlen(s->class_name));
     if (strcmp(type, "insert") == 0) {
         op = "create";
-        object = convert_at(s, ev, "fullDocument", cls);
-        if (object == NULL) {
+        lq_buf_puts(m, ",\"op\":\"create\",\"object\":");
+        obj_at = m->len;
+        if (!write_at(s, m, ev, "fullDocument", cls)) {
             LQ_METRIC_INC(tailer_events_unconvertible);
             op = NULL;
         }
+        obj_len = m->len - obj_at;
     } else if (strcmp(type, "update") == 0 || strcmp(type, "replace") == 0) {
         op = "update";
-        object = convert_at(s, ev, "fullDocument", cls);
-        original = convert_at(s, ev, "fullDocumentBeforeChange", cls);
-        if (original)
-            saw_preimage(s);
-        if (original == NULL && id[0]) {
-            original = cache_get(s, id);
-            if (original)
-                json_incref(original);
-            else
-                LQ_METRIC_INC(tailer_updates_without_original);
-        }
-        if (object == NULL) {
+        lq_buf_puts(m, ",\"op\":\"update\",\"object\":");
+        obj_at = m->len;
+        if (!write_at(s, m, ev, "fullDocument", cls)) {
             /* updateLookup found no document: it was deleted since; its delete event follows */
             LQ_METRIC_INC(tailer_updates_without_document);
             LQ_DEBUG("tailer skips an update of a document deleted since", "class=%s objectId=%s",
                      s->class_name, id);
             op = NULL;
+        } else {
+            obj_len = m->len - obj_at;
+            lq_buf_puts(m, ",\"original\":");
+            size_t before = m->len;
+            const cached *c;
+            if (write_at(s, m, ev, "fullDocumentBeforeChange", cls)) {
+                saw_preimage(s);
+            } else if (id[0] && (c = cache_get(s, id)) != NULL) {
+                lq_buf_append(m, c->text, c->len);
+            } else {
+                m->len = before - strlen(",\"original\":");
+                LQ_METRIC_INC(tailer_updates_without_original);
+            }
         }
     } else if (strcmp(type, "delete") == 0) {
         op = "delete";
-        object = convert_at(s, ev, "fullDocumentBeforeChange", cls);
-        if (object)
+        lq_buf_puts(m, ",\"op\":\"delete\",\"object\":");
+        obj_at = m->len;
+        const cached *c;
+        if (write_at(s, m, ev, "fullDocumentBeforeChange", cls)) {
             saw_preimage(s);
-        if (object == NULL && id[0] && (object = cache_get(s, id)) != NULL)
-            json_incref(object);
-        if (object == NULL) {
+        } else if (id[0] && (c = cache_get(s, id)) != NULL) {
+            lq_buf_append(m, c->text, c->len);
+        } else {
             /* neither a pre-image nor a cached copy: the ACL is unknown, so only
              * master-key subscribers may see it (protocol/bus.md) */
             LQ_METRIC_INC(tailer_deletes_acl_unknown);
-            object = json_pack("{s:s,s:s,s:{}}", "objectId", id, "className", s->class_name, "ACL");
+            lq_buf_puts(m, "{\"objectId\":");
+            lq_buf_json_string(m, id, strlen(id));
+            lq_buf_puts(m, ",\"className\":");
+            lq_buf_json_string(m, s->class_name, strlen(s->class_name));
+            lq_buf_puts(m, ",\"ACL\":{}}");
         }
+        obj_len = m->len - obj_at;
     } else if (strcmp(type, "invalidate") == 0) {
         pub_result r = new_epoch(s, "invalidate: the collection was dropped or renamed", token);
         result = r == PUB_OK ? EV_REOPEN : r == PUB_LOST ? EV_LOST : EV_STOP;
@@ -882,37 +911,33 @@ static ev_result handle_event(stream_ctx *s, const bson_t *ev, char **reopen_tok
     }
 
     if (op) {
-        json_t *m = json_pack("{s:i,s:s,s:s,s:O}", "v", 1, "className", s->class_name, "op", op,
-                              "object", object);
-        if (original)
-            json_object_set(m, "original", original);
-        json_object_set_new(m, "seq", json_integer(s->seq + 1));
-        json_object_set_new(m, "epoch", json_string(s->epoch));
-        json_object_set_new(m, "ts", json_integer(wall_ms()));
-        char *text = json_dumps(m, JSON_COMPACT);
-        json_decref(m);
-        if (!queue_event(s, s->seq + 1, token, text, strlen(text))) {
+        char num[32];
+        int n = snprintf(num, sizeof(num), ",\"seq\":%lld", (long long)(s->seq + 1));
+        lq_buf_append(m, num, (size_t)n);
+        lq_buf_puts(m, ",\"epoch\":");
+        lq_buf_json_string(m, s->epoch, strlen(s->epoch));
+        n = snprintf(num, sizeof(num), ",\"ts\":%lld}", (long long)wall_ms());
+        lq_buf_append(m, num, (size_t)n);
+        /* the cache keeps the object as published; the queue takes a copy of the message */
+        if (id[0]) {
+            if (strcmp(op, "delete") == 0)
+                cache_drop(s, id);
+            else if (!s->has_preimages)
+                cache_put(s, id, m->data + obj_at, obj_len);
+        }
+        char *text = lq_xmalloc(m->len + 1);
+        memcpy(text, m->data, m->len);
+        text[m->len] = '\0';
+        if (!queue_event(s, s->seq + 1, token, text, m->len)) {
             result = EV_LOST;
             goto out;
         }
         s->seq++;
-    } else {
-        /* nothing published, but the position moved: keep it for idle storing */
     }
     free(s->token);
     s->token = lq_xstrdup(token);
-    if (id[0]) {
-        if (op && strcmp(op, "delete") == 0)
-            cache_drop(s, id);
-        else if (object)
-            if (!s->has_preimages)
-                cache_put(s, id, object);
-    }
 out:
-    json_decref(object);
-    json_decref(original);
-    if (token)
-        free(token);
+    free(token);
     lq_schema_unref(schema);
     return result;
 }
@@ -1305,6 +1330,7 @@ lq_tailer *lq_tailer_new(const lq_config *cfg)
         n += *p == ',';
     t->streams = lq_xcalloc(n + 1, sizeof(*t->streams));
     for (size_t i = 0; i < n + 1; i++) {
+        lq_buf_init(&t->streams[i].msg);
         pthread_mutex_init(&t->streams[i].qlock, NULL);
         pthread_cond_init(&t->streams[i].qcond, NULL);
     }
@@ -1402,6 +1428,7 @@ void lq_tailer_free(lq_tailer *t)
     for (size_t i = 0; i < t->nstreams; i++) {
         stream_ctx *s = &t->streams[i];
         cache_clear(s);
+        lq_buf_release(&s->msg);
         pending_free(s->qhead);
         free(s->pub_token);
         pthread_mutex_destroy(&s->qlock);
