@@ -287,3 +287,28 @@ h.test('--role tailer publishes and serves only /health and /metrics; --role gat
   assert.equal(tp.crash, null);
   assert.match(tp.logs(), /tailer lease released/);
 });
+
+h.test('classes stored without an ACL of their own (_Session) go to master-key subscribers only, secrets stripped', async () => {
+  const m4 = await M.startMongo();
+  const redis4 = await h.startRedis();
+  const g4 = await M.startTailer({ redis: redis4, mongo: m4, classes: '_Session' });
+  const p4 = await h.publisher(redis4.port);
+  await h.waitFor(async () => (await M.tailerState(p4, '_Session')).token, { timeout: 15000, what: 'tailer stream open' });
+  const pubc = await h.wsClient(g4.url);
+  await pubc.connect();
+  await pubc.subscribe(1, '_Session', {});
+  const master = await h.wsClient(g4.url);
+  await master.connect({ masterKey: h.MASTER_KEY });
+  await master.subscribe(1, '_Session', {});
+  await m4.insert('_Session', {
+    _id: 'sess000001', _session_token: 'r:0123456789abcdef0123456789abcdef', _p_user: '_User$u1',
+    createdWith: { action: 'login', authProvider: 'password' }, expiresAt: M.X.date('2027-12-01T00:00:00.000Z'),
+    installationId: 'inst-1', _created_at: M.X.date('2026-12-01T00:00:00.000Z'), _updated_at: M.X.date('2026-12-01T00:00:00.000Z'),
+  });
+  const f = await master.event(1, 'sess000001', 5000);
+  assert.deepEqual(f.object.ACL, {}, 'no _rperm stored: master only, never public');
+  assert.equal(f.object.sessionToken, undefined, 'the session token never leaves');
+  assert.equal(f.object._session_token, undefined);
+  assert.deepEqual(f.object.user, { __type: 'Pointer', className: '_User', objectId: 'u1' });
+  await pubc.none(300);
+});
