@@ -44,10 +44,11 @@ h.test('kill -9 of the tailer mid-stream, then a restart: nothing lost, nothing 
   const mongo = await M.startMongo();
   const { c } = await watcher(redis);
   const pub = await h.publisher(redis.port);
-  let t1 = await M.startTailer({ redis, mongo, id: 't1' });
+  const keepAll = ['--stream-max-len', '100000'];
+  let t1 = await M.startTailer({ redis, mongo, id: 't1', args: keepAll });
   await h.waitFor(async () => (await M.tailerState(pub, 'BookStockLog')).token, { timeout: 15000, what: 'stream open' });
 
-  const N = 3000;
+  const N = 20000; // long enough that the kill lands mid-stream on a fast machine
   const bulk = mongo.bulk('BookStockLog', N, { isbn: 'bulk' });
   await h.waitFor(async () => Number((await M.tailerState(pub, 'BookStockLog')).seq) >= 300,
     { timeout: 20000, interval: 5, what: 'tailer mid-stream' });
@@ -57,7 +58,7 @@ h.test('kill -9 of the tailer mid-stream, then a restart: nothing lost, nothing 
   await bulk;
   assert.ok(killedAt < N, `killed at seq ${killedAt}: the test needs the kill mid-stream`);
 
-  t1 = await M.startTailer({ redis, mongo, id: 't1-restarted' });
+  t1 = await M.startTailer({ redis, mongo, id: 't1-restarted', args: keepAll });
   await h.waitFor(async () => Number((await M.tailerState(pub, 'BookStockLog')).seq) === N,
     { timeout: 30000, what: `all ${N} events published after the restart` });
   const hist = await M.history(pub, 'BookStockLog');
