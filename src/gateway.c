@@ -465,7 +465,7 @@ static void deliver(void *connp, lq_body *body, lq_event_type type, double rid, 
 
 /* The class's history is lost: every connection subscribed to it gets an
  * error with reconnect:true and is closed, so SDKs reconnect, resubscribe
- * and refetch (protocol/PROTOCOL.md "Resync"). */
+ * and refetch (protocol/PROTOCOL.md, difference 12; protocol/errors.md, code 100). */
 static void resync_class(lq_gateway *gw, const lq_change *ev)
 {
     lq_error err;
