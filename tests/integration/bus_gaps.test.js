@@ -114,3 +114,14 @@ h.test('events published while Redis was unreachable for the gateway are caught 
   for (const id of ids) await s.pub.client.sendCommand(['CLIENT', 'KILL', 'ID', id]);
   assert.deepEqual(await ns(c2, 2), [2, 3], 'caught up after the resubscribe');
 });
+
+h.test('a new epoch started while the gateway was disconnected makes the class resync on reconnect', async () => {
+  const c = await sub();
+  await s.pub.client.del(STREAM);
+  await record(1, 'e5', 1); // recorded, never published to this gateway
+  const clients = await s.pub.client.sendCommand(['CLIENT', 'LIST', 'TYPE', 'pubsub']);
+  for (const id of [...clients.matchAll(/id=(\d+)/g)].map((x) => x[1])) await s.pub.client.sendCommand(['CLIENT', 'KILL', 'ID', id]);
+  const err = await c.next((x) => x && x.op === 'error', 5000);
+  assert.equal(err.code, 100);
+  assert.equal(err.reconnect, true);
+});
