@@ -804,6 +804,24 @@ static int write_at(stream_ctx *s, lq_buf *out, const bson_t *ev, const char *ke
     return 1;
 }
 
+/* Appends the object as it was before this event: the pre-image if the
+ * event has one, else the object as last published (cache). Returns 0 with
+ * out unchanged when neither is known. */
+static int write_previous(stream_ctx *s, lq_buf *out, const bson_t *ev, const char *id,
+                          const lq_class_schema *cls)
+{
+    const cached *c;
+    if (write_at(s, out, ev, "fullDocumentBeforeChange", cls)) {
+        saw_preimage(s);
+        return 1;
+    }
+    if (id[0] && (c = cache_get(s, id)) != NULL) {
+        lq_buf_append(out, c->text, c->len);
+        return 1;
+    }
+    return 0;
+}
+
 typedef enum { EV_DONE, EV_REOPEN, EV_LOST, EV_STOP } ev_result;
 
 /* Handles one change event. *reopen_token is set (owned) when the stream
@@ -867,14 +885,8 @@ static ev_result handle_event(stream_ctx *s, const bson_t *ev, char **reopen_tok
         } else {
             obj_len = m->len - obj_at;
             lq_buf_puts(m, ",\"original\":");
-            size_t before = m->len;
-            const cached *c;
-            if (write_at(s, m, ev, "fullDocumentBeforeChange", cls)) {
-                saw_preimage(s);
-            } else if (id[0] && (c = cache_get(s, id)) != NULL) {
-                lq_buf_append(m, c->text, c->len);
-            } else {
-                m->len = before - strlen(",\"original\":");
+            if (!write_previous(s, m, ev, id, cls)) {
+                m->len -= strlen(",\"original\":");
                 LQ_METRIC_INC(tailer_updates_without_original);
             }
         }
@@ -882,12 +894,7 @@ static ev_result handle_event(stream_ctx *s, const bson_t *ev, char **reopen_tok
         op = "delete";
         lq_buf_puts(m, ",\"op\":\"delete\",\"object\":");
         obj_at = m->len;
-        const cached *c;
-        if (write_at(s, m, ev, "fullDocumentBeforeChange", cls)) {
-            saw_preimage(s);
-        } else if (id[0] && (c = cache_get(s, id)) != NULL) {
-            lq_buf_append(m, c->text, c->len);
-        } else {
+        if (!write_previous(s, m, ev, id, cls)) {
             /* neither a pre-image nor a cached copy: the ACL is unknown, so only
              * master-key subscribers may see it (protocol/bus.md) */
             LQ_METRIC_INC(tailer_deletes_acl_unknown);
@@ -1452,9 +1459,4 @@ void lq_tailer_free(lq_tailer *t)
     }
     pthread_mutex_destroy(&t->schema_lock);
     free(t);
-}
-
-int lq_tailer_leader(const lq_tailer *t)
-{
-    return atomic_load(&((lq_tailer *)t)->leader);
 }

@@ -5,12 +5,13 @@
  * One thread holds or waits for the Redis lease (SET NX PX, renewed every
  * ttl/5). While this process holds it, one thread per watched class runs one
  * change stream on its collection (never one per subscription) and one more
- * watches `_SCHEMA` and reloads the field types when it changes. Each event
- * is converted to REST JSON (parsedoc.h) and published with one Lua script
- * that, atomically, checks the lease is still ours and the per-class seq is
- * the one we expect, appends to the class's capped stream, PUBLISHes, and
- * stores the resume token. A crash repeats at most the event in flight (same
- * seq, dropped by gateways); the token is never ahead of what was published.
+ * watches `_SCHEMA` and reloads the field types when it changes. Each class's
+ * reader converts its events to REST JSON text (parsedoc.h) and queues them to
+ * the class's publisher thread, which publishes a batch with one Lua script
+ * call that, atomically, checks the lease is still ours and the per-class seq
+ * is the one we expect, appends each event to the class's capped stream and
+ * PUBLISHes it, and stores the last resume token. A crash leaves the stored
+ * token exactly at the last published event; the token is never ahead of it.
  *
  * Failures: a stream that fails is re-opened from the stored token with
  * backoff (100 ms .. 5 s). History lost (286) or `invalidate` starts a new
@@ -40,8 +41,5 @@ void lq_tailer_stop(lq_tailer *t);
 
 /* Stops if needed and frees. Accepts NULL. */
 void lq_tailer_free(lq_tailer *t);
-
-/* 1 while this process holds the lease. Any thread. */
-int lq_tailer_leader(const lq_tailer *t);
 
 #endif
