@@ -82,6 +82,14 @@ static const setting settings[] = {
      "milliseconds a tailer lease lives unless renewed (every ttl/5); a standby takes over after it"},
     {"tailer-cache-size", "LIVEQUERY_TAILER_CACHE_SIZE", T_INT, OFF(tailer_cache_size), 0,
      10000000, "10000", "last-seen objects kept per class for original and deletes without pre-images"},
+    {"auth-threads", "LIVEQUERY_AUTH_THREADS", T_INT, OFF(auth_threads), 1, 64, "2",
+     "threads resolving session tokens and roles in MongoDB (gateway, with --mongodb-uri)"},
+    {"auth-cache-size", "LIVEQUERY_AUTH_CACHE_SIZE", T_INT, OFF(auth_cache_size), 16, 10000000,
+     "100000", "session tokens (valid or not) kept in the gateway's cache"},
+    {"auth-cache-ttl", "LIVEQUERY_AUTH_CACHE_TTL", T_INT, OFF(auth_cache_ttl_ms), 100, 86400000,
+     "30000", "milliseconds an unused cached token is kept (tokens in use stay, kept current by change events)"},
+    {"auth-revalidate", "LIVEQUERY_AUTH_REVALIDATE", T_INT, OFF(auth_revalidate_s), 0, 86400,
+     "300", "seconds between re-reads of tokens in use, a backstop for missed change events; 0: never"},
 };
 #define NSETTINGS (sizeof(settings) / sizeof(settings[0]))
 

@@ -13,6 +13,7 @@ void lq_change_free(lq_change *ev)
         return;
     json_decref(ev->object);
     json_decref(ev->original);
+    json_decref(ev->clp);
     free(ev);
 }
 
@@ -42,6 +43,8 @@ lq_event_type lq_event_classify(lq_change_op op, int has_original, int orig_visi
 {
     switch (op) {
     case LQ_CHANGE_RESYNC:
+    case LQ_CHANGE_SCHEMA:
+    case LQ_CHANGE_CLEAR_CACHE:
         return LQ_EV_NONE;
     case LQ_CHANGE_DELETE:
         return cur_visible ? LQ_EV_DELETE : LQ_EV_NONE;

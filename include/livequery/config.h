@@ -48,6 +48,11 @@ typedef struct lq_config {
     size_t stream_max_len;      /* entries kept per class in the Redis history stream; default 10000 */
     int lease_ttl_ms;           /* tailer lease; renewed every ttl/5; default 3000 */
     int tailer_cache_size;      /* last-seen objects kept per class without pre-images; default 10000 */
+
+    int auth_threads;           /* session/role lookup threads (gateway with mongodb_uri); default 2 */
+    int auth_cache_size;        /* cached session tokens; default 100000 */
+    int auth_cache_ttl_ms;      /* unused cached tokens expire after this; default 30000 */
+    int auth_revalidate_s;      /* tokens in use are re-read this often; 0 never; default 300 */
 } lq_config;
 
 /* Parses argv and the environment into *cfg (zeroed first).

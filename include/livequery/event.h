@@ -19,6 +19,8 @@ typedef enum lq_change_op {
     LQ_CHANGE_UPDATE,
     LQ_CHANGE_DELETE,
     LQ_CHANGE_RESYNC, /* history of the class was lost: its subscribers must resubscribe (no object) */
+    LQ_CHANGE_SCHEMA, /* the class's CLP is now clp (NULL: the class has none); no object */
+    LQ_CHANGE_CLEAR_CACHE, /* Parse Server's <appId>clearCache: object = {"userId":…} or NULL; class_name "" */
 } lq_change_op;
 
 #define LQ_CLASS_NAME_MAX 128
@@ -30,6 +32,9 @@ typedef struct lq_change {
     lq_change_op op;
     json_t *object;   /* owned: REST JSON after the change (the deleted object for delete); NULL for resync */
     json_t *original; /* owned: REST JSON before the change, or NULL */
+    json_t *clp;      /* owned: the class's CLP carried with the change (Parse Server's
+                         classLevelPermissions; LQ_CHANGE_SCHEMA), or NULL */
+    int has_clp;      /* 1 when the message carried a CLP (clp NULL then means "none") */
     int64_t seq;      /* 0 when the publisher gave none */
     char epoch[40];   /* "" when the publisher gave none */
     int64_t ts_ms;    /* publish time, 0 when unknown */

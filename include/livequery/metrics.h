@@ -49,7 +49,22 @@
     X(tailer_cache_misses, counter, "original or deleted object not in the last-seen cache")      \
     X(tailer_updates_without_original, counter, "updates published without original")             \
     X(tailer_updates_without_document, counter, "updates skipped: document deleted before lookup") \
-    X(tailer_deletes_acl_unknown, counter, "deletes published master-only: ACL unknown")
+    X(tailer_deletes_acl_unknown, counter, "deletes published master-only: ACL unknown")            \
+    X(tailer_schema_published, counter, "class CLP changes published to gateways")                \
+    X(auth_lookups, counter, "session token lookups sent to MongoDB")                             \
+    X(auth_lookup_errors, counter, "session token lookups that failed (MongoDB unreachable)")      \
+    X(auth_cache_hits, counter, "session tokens answered from the cache")                         \
+    X(auth_tokens_invalid, counter, "session tokens found invalid or expired")                    \
+    X(auth_sessions_revoked, counter, "sessions in use that became invalid (logout, delete, expiry)") \
+    X(auth_role_loads, counter, "role sets read from MongoDB")                                    \
+    X(auth_role_changes, counter, "live users whose role set changed")                            \
+    X(auth_cache_clears, counter, "clearCache messages from Parse Server")                        \
+    X(auth_sessions, gauge, "session tokens in the cache")                                       \
+    X(auth_waiting, gauge, "connections waiting for a session lookup")                           \
+    X(clp_changes, counter, "class-level permission changes applied")                            \
+    X(subscriptions_denied, counter, "subscriptions refused or ended by CLP or protectedFields")   \
+    X(deliveries_withheld_clp, counter, "matches withheld by pointer permissions")               \
+    X(deliveries_fields_hidden, counter, "deliveries with protected fields removed")
 
 typedef struct lq_metrics {
 #define LQ_METRIC_FIELD(name, kind, help) _Atomic int64_t name;
