@@ -1,0 +1,2 @@
+/* acl.c - placeholder; being written. */
+#include "livequery/acl.h"
