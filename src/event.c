@@ -103,15 +103,21 @@ lq_body *lq_body_new(const char *data, size_t len)
 
 lq_body *lq_body_event(const json_t *object, const json_t *original, const char *const *keys)
 {
+    return lq_body_event_hiding(object, original, keys, NULL);
+}
+
+lq_body *lq_body_event_hiding(const json_t *object, const json_t *original, const char *const *keys,
+                              const char *const *hidden)
+{
     /* one scratch buffer for the service thread: bodies are built one at a time */
     static _Thread_local lq_buf scratch;
 
     scratch.len = 0;
     lq_buf_puts(&scratch, "\"object\":");
-    lq_buf_parse_object(&scratch, object, keys);
+    lq_buf_parse_object_hiding(&scratch, object, keys, hidden);
     if (original) {
         lq_buf_puts(&scratch, ",\"original\":");
-        lq_buf_parse_object(&scratch, original, keys);
+        lq_buf_parse_object_hiding(&scratch, original, keys, hidden);
     }
     lq_buf_putc(&scratch, '}');
     return lq_body_new(scratch.data, scratch.len);

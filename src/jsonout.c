@@ -156,8 +156,9 @@ static int listed(const char *k, const char *const *keys)
 }
 
 /* Writes an object's members; as_parse_object applies the Parse output rules
- * of lq_buf_parse_object (no '_' keys, the keys projection). */
-static void write_object(lq_buf *b, const json_t *obj, int as_parse_object, const char *const *keys)
+ * of lq_buf_parse_object (no '_' keys, the keys projection, hidden fields). */
+static void write_object_x(lq_buf *b, const json_t *obj, int as_parse_object, const char *const *keys,
+                           const char *const *hidden)
 {
     const char *k;
     size_t klen;
@@ -166,7 +167,9 @@ static void write_object(lq_buf *b, const json_t *obj, int as_parse_object, cons
 
     lq_buf_putc(b, '{');
     json_object_keylen_foreach((json_t *)obj, k, klen, x) {
-        if (as_parse_object && (k[0] == '_' || (keys && !always_kept(k) && !listed(k, keys))))
+        if (as_parse_object && (k[0] == '_' || (keys && !always_kept(k) && !listed(k, keys)) ||
+                                (hidden && listed(k, hidden) && strcmp(k, "className") != 0 &&
+                                 strcmp(k, "objectId") != 0)))
             continue;
         if (!first)
             lq_buf_putc(b, ',');
@@ -176,6 +179,11 @@ static void write_object(lq_buf *b, const json_t *obj, int as_parse_object, cons
         lq_buf_json(b, x);
     }
     lq_buf_putc(b, '}');
+}
+
+static void write_object(lq_buf *b, const json_t *obj, int as_parse_object, const char *const *keys)
+{
+    write_object_x(b, obj, as_parse_object, keys, NULL);
 }
 
 void lq_buf_json(lq_buf *b, const json_t *v)
@@ -222,4 +230,10 @@ void lq_buf_json(lq_buf *b, const json_t *v)
 void lq_buf_parse_object(lq_buf *b, const json_t *obj, const char *const *keys)
 {
     write_object(b, obj, 1, keys);
+}
+
+void lq_buf_parse_object_hiding(lq_buf *b, const json_t *obj, const char *const *keys,
+                                const char *const *hidden)
+{
+    write_object_x(b, obj, 1, keys, hidden);
 }

@@ -18,17 +18,37 @@
 #include <uthash.h>
 #include <utlist.h>
 
+#include "livequery/json.h"
 #include "livequery/jsonout.h"
 #include "livequery/metrics.h"
 
 #define INDEX_KEY_MAX 512 /* bytes of an equality index key, NUL included */
+
+/* An interned set of hidden (protected) field names: subscriptions with equal
+ * sets share one, so bodies can be shared by pointer comparison. */
+typedef struct hidden {
+    char *key; /* the names joined by \x1f */
+    UT_hash_handle hh;
+    char **names; /* sorted, NULL-terminated, non-empty */
+    int refs;
+} hidden;
+
+/* The shapes of an event body. */
+enum { SHAPE_OBJECT = 0, SHAPE_BOTH = 1, SHAPE_ORIGINAL_AS_OBJECT = 2 };
+
+typedef struct kbody {
+    const hidden *hid;
+    int shape;
+    lq_body *body;
+} kbody;
 
 typedef struct keyset {
     struct keyset *next;
     char **names;  /* sorted, NULL-terminated; NULL: all fields */
     int refs;
     int touched;   /* bodies hold this dispatch's frames */
-    lq_body *body[2]; /* [0] object only, [1] object + original */
+    kbody *bodies; /* this dispatch's bodies, by (hidden, shape) */
+    int nbodies, capbodies;
 } keyset;
 
 typedef struct group group;
@@ -42,6 +62,13 @@ typedef struct sub {
     group *g;
     keyset *ks;
     char **watch; /* NULL-terminated, or NULL */
+    lq_principals *who; /* referenced */
+    void *tag;          /* the caller's session handle, or NULL */
+    json_t *where;      /* referenced: for re-checks */
+    json_t *watch_json; /* referenced, or NULL */
+    int verdict;        /* LQ_CLP_ALLOW or LQ_CLP_POINTER */
+    char **ptr_fields;  /* LQ_CLP_POINTER: the pointer fields */
+    hidden *hid;        /* static hidden fields, or NULL */
 } sub;
 
 typedef struct bucket {
@@ -87,8 +114,21 @@ struct lq_client {
     lq_client *prev, *next; /* in registry->clients */
 };
 
+/* The CLP in force for a class, kept whether or not anyone subscribes. */
+typedef struct clpent {
+    char *name;
+    UT_hash_handle hh;
+    json_t *clp;
+    int dynamic; /* hidden fields depend on the object (lq_protected_dynamic) */
+} clpent;
+
 struct lq_registry {
     lq_registry_limits lim;
+    lq_tag_release_fn tag_release;
+    void *tag_ud;
+    clpent *clps;
+    hidden *hiddens;
+    int sweep_hiddens; /* a dispatch interned per-object hidden sets */
     cls *classes;
     lq_client *clients;
     uint64_t stamp;
@@ -107,24 +147,96 @@ lq_registry *lq_registry_new(const lq_registry_limits *lim)
     return r;
 }
 
-static void free_strv(char **v)
+void lq_registry_set_tag_release(lq_registry *r, lq_tag_release_fn release, void *ud)
 {
-    if (v == NULL)
-        return;
-    for (char **p = v; *p; p++)
-        free(*p);
-    free(v);
+    r->tag_release = release;
+    r->tag_ud = ud;
 }
+
+#define free_strv lq_strv_free
 
 static void keyset_release(group *g, keyset *ks)
 {
     if (--ks->refs > 0)
         return;
     LL_DELETE(g->keysets, ks);
-    lq_body_decref(ks->body[0]);
-    lq_body_decref(ks->body[1]);
+    for (int i = 0; i < ks->nbodies; i++)
+        lq_body_decref(ks->bodies[i].body);
+    free(ks->bodies);
     free_strv(ks->names);
     free(ks);
+}
+
+/*---- hidden field sets --------------------------------------------------------*/
+
+/* The interned set for names (taken; NULL or empty: NULL), with a reference. */
+static hidden *hidden_get(lq_registry *r, char **names)
+{
+    lq_buf key;
+    hidden *h;
+
+    if (names == NULL || names[0] == NULL) {
+        free_strv(names);
+        return NULL;
+    }
+    lq_buf_init(&key);
+    for (char **p = names; *p; p++) {
+        if (p != names)
+            lq_buf_putc(&key, '\x1f');
+        lq_buf_puts(&key, *p);
+    }
+    HASH_FIND(hh, r->hiddens, key.data, key.len, h);
+    if (h) {
+        lq_buf_release(&key);
+        free_strv(names);
+        h->refs++;
+        return h;
+    }
+    h = lq_xcalloc(1, sizeof(*h));
+    h->key = key.data; /* taken */
+    h->names = names;
+    h->refs = 1;
+    HASH_ADD_KEYPTR(hh, r->hiddens, h->key, key.len, h);
+    return h;
+}
+
+static void hidden_put(lq_registry *r, hidden *h)
+{
+    if (h == NULL || --h->refs > 0)
+        return;
+    HASH_DEL(r->hiddens, h);
+    free(h->key);
+    free_strv(h->names);
+    free(h);
+}
+
+/* The union of two sorted lists (either may be NULL), as a new list or NULL. */
+static char **strv_union(const char *const *a, const char *const *b)
+{
+    size_t n = 0, m = 0;
+    char **v;
+
+    for (const char *const *p = a; p && *p; p++)
+        n++;
+    for (const char *const *p = b; p && *p; p++)
+        n++;
+    if (n == 0)
+        return NULL;
+    v = lq_xcalloc(n + 1, sizeof(char *));
+    while ((a && *a) || (b && *b)) {
+        int c = !(a && *a) ? 1 : !(b && *b) ? -1 : strcmp(*a, *b);
+        if (c <= 0) {
+            v[m++] = lq_xstrdup(*a);
+            if (c == 0)
+                b++;
+            a++;
+        } else {
+            v[m++] = lq_xstrdup(*b);
+            b++;
+        }
+    }
+    v[m] = NULL;
+    return v;
 }
 
 static void group_free(lq_registry *r, group *g)
@@ -170,6 +282,13 @@ static void sub_remove(lq_registry *r, sub *s)
     g->nsubs--;
     keyset_release(g, s->ks);
     free_strv(s->watch);
+    free_strv(s->ptr_fields);
+    hidden_put(r, s->hid);
+    json_decref(s->where);
+    json_decref(s->watch_json);
+    lq_principals_unref(s->who);
+    if (s->tag && r->tag_release)
+        r->tag_release(r->tag_ud, s->tag);
     free(s);
     r->nsubs--;
     LQ_METRIC_ADD(subscriptions, -1);
@@ -181,8 +300,16 @@ void lq_registry_free(lq_registry *r)
 {
     if (r == NULL)
         return;
+    clpent *ce, *ctmp;
+
     while (r->clients)
         lq_registry_client_free(r, r->clients);
+    HASH_ITER(hh, r->clps, ce, ctmp) {
+        HASH_DEL(r->clps, ce);
+        free(ce->name);
+        json_decref(ce->clp);
+        free(ce);
+    }
     free(r->touched);
     free(r);
 }
@@ -207,6 +334,11 @@ void lq_registry_client_free(lq_registry *r, lq_client *c)
     }
     DL_DELETE(r->clients, c);
     free(c);
+}
+
+int lq_registry_client_is_master(const lq_client *c)
+{
+    return c != NULL && c->master;
 }
 
 int lq_registry_client_count(const lq_client *c)
@@ -363,11 +495,61 @@ static double norm_rid(double rid)
     return rid == 0 ? 0.0 : rid; /* -0.0 and 0.0 are one key */
 }
 
-int lq_registry_subscribe(lq_registry *r, lq_client *cl, const lq_request *req, lq_error *err)
+/*---- authorization ---------------------------------------------------------------*/
+
+static const clpent *clp_find(const lq_registry *r, const char *class_name)
+{
+    clpent *ce;
+    HASH_FIND_STR(r->clps, class_name, ce);
+    return ce;
+}
+
+const json_t *lq_registry_clp(const lq_registry *r, const char *class_name)
+{
+    const clpent *ce = clp_find(r, class_name);
+    return ce ? ce->clp : NULL;
+}
+
+/* What a subscriber of class_name with where/watch acting as who may see,
+ * under the class's current CLP. Returns LQ_OK with *verdict, *ptr_fields
+ * (new, or NULL) and *hid (a reference, or NULL), or LQ_ERR with err set. */
+static int authorize(lq_registry *r, const char *class_name, const json_t *where,
+                     const json_t *watch, const lq_principals *who, int *verdict,
+                     char ***ptr_fields, hidden **hid, lq_error *err)
+{
+    const json_t *clp = lq_registry_clp(r, class_name);
+    char **names;
+    const char *field = NULL;
+    lq_clp_verdict v;
+
+    *ptr_fields = NULL;
+    *hid = NULL;
+    v = lq_clp_check(clp, class_name, lq_clp_is_get(where), who, ptr_fields, err);
+    if (v != LQ_CLP_ALLOW && v != LQ_CLP_POINTER)
+        return LQ_ERR;
+    names = lq_protected_static(clp, class_name, where, who);
+    if (lq_protected_in_query((const char *const *)names, where, watch, &field)) {
+        lq_error_set(err, LQ_PARSE_ERR_FORBIDDEN, "Permission denied");
+        free_strv(names);
+        free_strv(*ptr_fields);
+        *ptr_fields = NULL;
+        return LQ_ERR;
+    }
+    *verdict = v;
+    *hid = hidden_get(r, names);
+    return LQ_OK;
+}
+
+int lq_registry_subscribe(lq_registry *r, lq_client *cl, const lq_request *req,
+                          const lq_sub_auth *auth, lq_error *err)
 {
     double rid = norm_rid(req->request_id);
     sub *old, *s;
     lq_query *q;
+    lq_principals *who;
+    int verdict;
+    char **ptr_fields;
+    hidden *hid;
 
     if (!lq_class_name_valid(req->class_name)) {
         lq_error_set(err, LQ_PARSE_ERR_INVALID_QUERY, "invalid className: %.128s", req->class_name);
@@ -388,12 +570,28 @@ int lq_registry_subscribe(lq_registry *r, lq_client *cl, const lq_request *req, 
     q = lq_query_compile(req->class_name, req->where, &r->lim.query, err);
     if (q == NULL)
         return LQ_ERR;
+    who = auth && auth->who ? auth->who
+          : cl->master      ? lq_principals_master()
+                            : lq_principals_anonymous();
+    if (authorize(r, req->class_name, req->where, req->watch, who, &verdict, &ptr_fields, &hid,
+                  err) != LQ_OK) {
+        lq_query_free(q);
+        LQ_METRIC_INC(subscriptions_denied);
+        return LQ_ERR;
+    }
     if (old)
         sub_remove(r, old);
 
     s = lq_xcalloc(1, sizeof(*s));
     s->rid = rid;
     s->client = cl;
+    s->who = lq_principals_ref(who);
+    s->tag = auth ? auth->tag : NULL;
+    s->where = json_incref((json_t *)req->where);
+    s->watch_json = req->watch ? json_incref((json_t *)req->watch) : NULL;
+    s->verdict = verdict;
+    s->ptr_fields = ptr_fields;
+    s->hid = hid;
     s->g = group_get(r, req->class_name, q); /* takes q */
     s->ks = keyset_get(s->g, strv_from_json(req->keys, 1));
     s->watch = strv_from_json(req->watch, 0);
@@ -404,6 +602,127 @@ int lq_registry_subscribe(lq_registry *r, lq_client *cl, const lq_request *req, 
     r->nsubs++;
     LQ_METRIC_INC(subscriptions);
     return LQ_OK;
+}
+
+/* Subscriptions to remove after a walk (removing while walking a group's
+ * list would free the group under the walker). */
+typedef struct doomed {
+    sub **v;
+    size_t n, cap;
+    lq_error *errs;
+} doomed;
+
+static void doom(doomed *d, sub *s, const lq_error *err)
+{
+    if (d->n == d->cap) {
+        d->cap = d->cap ? d->cap * 2 : 16;
+        d->v = lq_xrealloc(d->v, d->cap * sizeof(sub *));
+        d->errs = lq_xrealloc(d->errs, d->cap * sizeof(lq_error));
+    }
+    d->v[d->n] = s;
+    d->errs[d->n] = *err;
+    d->n++;
+}
+
+static size_t doom_execute(lq_registry *r, doomed *d, lq_revoke_fn revoke, void *ud)
+{
+    for (size_t i = 0; i < d->n; i++) {
+        sub *s = d->v[i];
+        void *conn = s->client->conn;
+        double rid = s->rid;
+        sub_remove(r, s);
+        if (revoke)
+            revoke(conn, rid, &d->errs[i], ud);
+    }
+    free(d->v);
+    free(d->errs);
+    return d->n;
+}
+
+/* Re-authorizes s in place; a subscription now denied is doomed. */
+static void recheck_sub(lq_registry *r, sub *s, doomed *d)
+{
+    lq_error err;
+    int verdict;
+    char **ptr_fields;
+    hidden *hid;
+
+    if (authorize(r, s->g->c->name, s->where, s->watch_json, s->who, &verdict, &ptr_fields, &hid,
+                  &err) != LQ_OK) {
+        LQ_METRIC_INC(subscriptions_denied);
+        doom(d, s, &err);
+        return;
+    }
+    free_strv(s->ptr_fields);
+    s->ptr_fields = ptr_fields;
+    s->verdict = verdict;
+    hidden_put(r, s->hid);
+    s->hid = hid;
+}
+
+int lq_registry_set_clp(lq_registry *r, const char *class_name, const json_t *clp,
+                        lq_revoke_fn revoke, void *ud)
+{
+    clpent *ce;
+    cls *c;
+    group *g, *gtmp;
+    sub *s;
+    doomed d = {0};
+
+    HASH_FIND_STR(r->clps, class_name, ce);
+    if (ce ? lq_json_equal(ce->clp, clp) : clp == NULL)
+        return 0;
+    if (clp == NULL) {
+        HASH_DEL(r->clps, ce);
+        free(ce->name);
+        json_decref(ce->clp);
+        free(ce);
+    } else {
+        if (ce == NULL) {
+            ce = lq_xcalloc(1, sizeof(*ce));
+            ce->name = lq_xstrdup(class_name);
+            HASH_ADD_KEYPTR(hh, r->clps, ce->name, strlen(ce->name), ce);
+        }
+        json_decref(ce->clp);
+        ce->clp = json_incref((json_t *)clp);
+        ce->dynamic = lq_protected_dynamic(clp, class_name);
+    }
+    LQ_METRIC_INC(clp_changes);
+    HASH_FIND_STR(r->classes, class_name, c);
+    if (c) {
+        HASH_ITER(hh, c->groups, g, gtmp) {
+            DL_FOREACH(g->subs, s) {
+                recheck_sub(r, s, &d);
+            }
+        }
+    }
+    doom_execute(r, &d, revoke, ud);
+    return 1;
+}
+
+void lq_registry_recheck(lq_registry *r, const lq_principals *p, lq_revoke_fn revoke, void *ud)
+{
+    doomed d = {0};
+
+    for (lq_client *cl = r->clients; cl; cl = cl->next)
+        for (sub *s = cl->subs; s; s = s->hh.next)
+            if (s->who == p)
+                recheck_sub(r, s, &d);
+    doom_execute(r, &d, revoke, ud);
+}
+
+size_t lq_registry_revoke_tag(lq_registry *r, void *tag, const lq_error *err, lq_revoke_fn revoke,
+                              void *ud)
+{
+    doomed d = {0};
+
+    if (tag == NULL)
+        return 0;
+    for (lq_client *cl = r->clients; cl; cl = cl->next)
+        for (sub *s = cl->subs; s; s = s->hh.next)
+            if (s->tag == tag)
+                doom(&d, s, err);
+    return doom_execute(r, &d, revoke, ud);
 }
 
 int lq_registry_unsubscribe(lq_registry *r, lq_client *cl, double request_id)
@@ -424,15 +743,22 @@ typedef struct dispatch {
     lq_registry *r;
     const lq_change *ev;
     int64_t now_ms;
-    int pub_cur, pub_orig;
+    const clpent *clp; /* the class's CLP entry, or NULL */
     lq_deliver_fn deliver;
     void *ud;
     size_t delivered;
+    size_t withheld_acl, withheld_clp, hidden; /* metrics, added once per dispatch */
 } dispatch;
 
-static lq_body *keyset_body(dispatch *d, keyset *ks, int with_original)
+/* Principals' memo stamps: one counter for every registry of the process,
+ * since the anonymous and master principals are shared. */
+static uint64_t dispatch_stamp;
+
+static lq_body *keyset_body(dispatch *d, keyset *ks, const hidden *hid, int shape)
 {
     lq_registry *r = d->r;
+    const lq_change *ev = d->ev;
+    kbody *kb;
 
     if (!ks->touched) {
         ks->touched = 1;
@@ -442,10 +768,63 @@ static lq_body *keyset_body(dispatch *d, keyset *ks, int with_original)
         }
         r->touched[r->ntouched++] = ks;
     }
-    if (ks->body[with_original] == NULL)
-        ks->body[with_original] = lq_body_event(d->ev->object, with_original ? d->ev->original : NULL,
-                                                (const char *const *)ks->names);
-    return ks->body[with_original];
+    for (int i = 0; i < ks->nbodies; i++)
+        if (ks->bodies[i].hid == hid && ks->bodies[i].shape == shape)
+            return ks->bodies[i].body;
+    if (ks->nbodies == ks->capbodies) {
+        ks->capbodies = ks->capbodies ? ks->capbodies * 2 : 2;
+        ks->bodies = lq_xrealloc(ks->bodies, (size_t)ks->capbodies * sizeof(kbody));
+    }
+    kb = &ks->bodies[ks->nbodies++];
+    kb->hid = hid;
+    kb->shape = shape;
+    kb->body = lq_body_event_hiding(shape == SHAPE_ORIGINAL_AS_OBJECT ? ev->original : ev->object,
+                                    shape == SHAPE_BOTH ? ev->original : NULL,
+                                    (const char *const *)ks->names,
+                                    hid ? (const char *const *)hid->names : NULL);
+    return kb->body;
+}
+
+/* ACL reads of the event's two states for p, once per dispatch per principals. */
+static void acl_reads(dispatch *d, lq_principals *p, int *cur, int *orig)
+{
+    if (p->memo_stamp != dispatch_stamp) {
+        p->memo_stamp = dispatch_stamp;
+        p->memo[0] = lq_acl_can_read(p, d->ev->object);
+        p->memo[1] = d->ev->original ? lq_acl_can_read(p, d->ev->original) : 0;
+    }
+    *cur = p->memo[0];
+    *orig = p->memo[1];
+}
+
+/* The hidden set for one delivery: the subscription's static set, or, when
+ * the class's hidden fields depend on the object, the union of what each
+ * state sent hides (interned; released at the end of the dispatch by
+ * hiddens_sweep, since subscriptions hold no reference to it). */
+static const hidden *delivery_hidden(dispatch *d, const sub *s, int shape)
+{
+    const lq_change *ev = d->ev;
+    const char *clsname = ev->class_name;
+    const json_t *clp = d->clp ? d->clp->clp : NULL;
+    const char *const *st = s->hid ? (const char *const *)s->hid->names : NULL;
+    char **a = NULL, **b = NULL, **u;
+    hidden *h;
+
+    if (s->who->master || !((d->clp && d->clp->dynamic) || strcmp(clsname, "_User") == 0))
+        return s->hid;
+    if (shape != SHAPE_ORIGINAL_AS_OBJECT)
+        a = lq_protected_for_object(clp, clsname, st, s->who, ev->object);
+    if (shape != SHAPE_OBJECT && ev->original)
+        b = lq_protected_for_object(clp, clsname, st, s->who, ev->original);
+    u = strv_union((const char *const *)a, (const char *const *)b);
+    free_strv(a);
+    free_strv(b);
+    h = hidden_get(d->r, u);
+    if (h) {
+        h->refs--; /* swept after the dispatch if nobody else holds it */
+        d->r->sweep_hiddens = 1;
+    }
+    return h;
 }
 
 static void visit(dispatch *d, group *g)
@@ -453,7 +832,7 @@ static void visit(dispatch *d, group *g)
     const lq_change *ev = d->ev;
     int has_orig = ev->original != NULL;
     int m_cur, m_orig;
-    lq_event_type t_master, t_public;
+    lq_event_type t_master;
     sub *s;
 
     if (g->stamp == d->r->stamp)
@@ -465,18 +844,46 @@ static void visit(dispatch *d, group *g)
     if (!m_cur && !m_orig)
         return;
     t_master = lq_event_classify(ev->op, has_orig, m_orig, m_cur);
-    t_public = lq_event_classify(ev->op, has_orig, m_orig && d->pub_orig, m_cur && d->pub_cur);
 
     DL_FOREACH(g->subs, s) {
-        lq_event_type t = s->client->master ? t_master : t_public;
+        lq_principals *who = s->who;
+        int read_cur = 1, read_orig = has_orig, shape;
+        lq_event_type t;
+
+        if (!who->master) {
+            acl_reads(d, who, &read_cur, &read_orig);
+            if (s->verdict == LQ_CLP_POINTER) {
+                const char *const *pf = (const char *const *)s->ptr_fields;
+                int ptr_cur = read_cur && lq_clp_pointer_match(pf, who, ev->object);
+                int ptr_orig = read_orig && lq_clp_pointer_match(pf, who, ev->original);
+                if ((m_cur && read_cur && !ptr_cur) || (m_orig && read_orig && !ptr_orig))
+                    d->withheld_clp++;
+                read_cur = ptr_cur;
+                read_orig = ptr_orig;
+            }
+        }
+        t = who->master ? t_master
+                        : lq_event_classify(ev->op, has_orig, m_orig && read_orig, m_cur && read_cur);
         if (t == LQ_EV_NONE) {
             if (t_master != LQ_EV_NONE)
-                LQ_METRIC_INC(deliveries_withheld_acl);
+                d->withheld_acl++;
             continue;
         }
         if (!lq_event_watch_passes(t, (const char *const *)s->watch, ev->object, ev->original))
             continue;
-        lq_body *body = keyset_body(d, s->ks, lq_event_has_original(t) && has_orig);
+        /* what the subscriber may see of each state */
+        if (!lq_event_has_original(t) || !has_orig)
+            shape = SHAPE_OBJECT;
+        else if (t == LQ_EV_LEAVE && !read_cur)
+            shape = SHAPE_ORIGINAL_AS_OBJECT; /* lost read access: the last state it could read */
+        else if (t == LQ_EV_ENTER && !read_orig)
+            shape = SHAPE_OBJECT; /* gained read access: the before state was not its to see */
+        else
+            shape = SHAPE_BOTH;
+        const hidden *hid = delivery_hidden(d, s, shape);
+        if (hid)
+            d->hidden++;
+        lq_body *body = keyset_body(d, s->ks, hid, shape);
         d->deliver(s->client->conn, body, t, s->rid, d->ud);
         d->delivered++;
     }
@@ -518,7 +925,7 @@ static void visit_field(dispatch *d, ifield *f, const json_t *obj)
 size_t lq_registry_dispatch(lq_registry *r, const lq_change *ev, int64_t now_ms,
                             lq_deliver_fn deliver, void *ud)
 {
-    dispatch d = {r, ev, now_ms, 0, 0, deliver, ud, 0};
+    dispatch d = {r, ev, now_ms, NULL, deliver, ud, 0, 0, 0, 0};
     cls *c;
     group *g;
     ifield *f, *ftmp;
@@ -530,8 +937,8 @@ size_t lq_registry_dispatch(lq_registry *r, const lq_change *ev, int64_t now_ms,
         return 0;
     }
     r->stamp++;
-    d.pub_cur = lq_acl_public_read(ev->object);
-    d.pub_orig = ev->original ? lq_acl_public_read(ev->original) : 0;
+    dispatch_stamp++;
+    d.clp = clp_find(r, ev->class_name);
 
     DL_FOREACH(c->unindexed, g) {
         visit(&d, g);
@@ -544,11 +951,27 @@ size_t lq_registry_dispatch(lq_registry *r, const lq_change *ev, int64_t now_ms,
      * deliver callback took) */
     for (size_t i = 0; i < r->ntouched; i++) {
         keyset *ks = r->touched[i];
-        lq_body_decref(ks->body[0]);
-        lq_body_decref(ks->body[1]);
-        ks->body[0] = ks->body[1] = NULL;
+        for (int j = 0; j < ks->nbodies; j++)
+            lq_body_decref(ks->bodies[j].body);
+        ks->nbodies = 0;
         ks->touched = 0;
     }
     r->ntouched = 0;
+    if (d.withheld_acl)
+        LQ_METRIC_ADD(deliveries_withheld_acl, d.withheld_acl);
+    if (d.withheld_clp)
+        LQ_METRIC_ADD(deliveries_withheld_clp, d.withheld_clp);
+    if (d.hidden)
+        LQ_METRIC_ADD(deliveries_fields_hidden, d.hidden);
+    if (r->sweep_hiddens) { /* per-object hidden sets nobody holds */
+        hidden *h, *htmp;
+        HASH_ITER(hh, r->hiddens, h, htmp) {
+            if (h->refs == 0) {
+                h->refs = 1;
+                hidden_put(r, h);
+            }
+        }
+        r->sweep_hiddens = 0;
+    }
     return d.delivered;
 }

@@ -25,9 +25,13 @@ enum {
     LQ_PARSE_ERR_NO_CLIENT = 2,        /* not connected / unknown subscription */
     LQ_PARSE_ERR_UNKNOWN_OP = 3,
     LQ_PARSE_ERR_KEY = 4,              /* applicationId or key not valid */
-    LQ_PARSE_ERR_RESYNC = 100,         /* Parse.Error.CONNECTION_FAILED: events were lost, resubscribe */
+    LQ_PARSE_ERR_RESYNC = 100,         /* Parse.Error.CONNECTION_FAILED: events were lost, resubscribe;
+                                          also: sessions cannot be checked now */
+    LQ_PARSE_ERR_NOT_FOUND = 101,      /* Parse.Error.OBJECT_NOT_FOUND: CLP requiresAuthentication */
     LQ_PARSE_ERR_INVALID_QUERY = 102,  /* Parse.Error.INVALID_QUERY */
+    LQ_PARSE_ERR_FORBIDDEN = 119,      /* Parse.Error.OPERATION_FORBIDDEN: CLP, protected field */
     LQ_PARSE_ERR_LIMIT = 155,          /* Parse.Error.REQUEST_LIMIT_EXCEEDED */
+    LQ_PARSE_ERR_INVALID_SESSION = 209, /* Parse.Error.INVALID_SESSION_TOKEN */
 };
 
 /* A client-facing error: Parse code plus message. text is always NUL-terminated. */

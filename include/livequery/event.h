@@ -91,6 +91,9 @@ lq_body *lq_body_new(const char *data, size_t len);
 /* Builds the event body for object/original (original NULL: omitted) with the
  * keys projection (NULL-terminated list, or NULL for every field). New reference. */
 lq_body *lq_body_event(const json_t *object, const json_t *original, const char *const *keys);
+/* As lq_body_event, leaving out the fields in hidden (NULL-terminated, or NULL). */
+lq_body *lq_body_event_hiding(const json_t *object, const json_t *original, const char *const *keys,
+                              const char *const *hidden);
 void lq_body_incref(lq_body *b);
 /* Drops a reference; frees at zero. Accepts NULL. */
 void lq_body_decref(lq_body *b);

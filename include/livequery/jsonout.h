@@ -44,6 +44,12 @@ void lq_buf_json(lq_buf *b, const json_t *v);
  * objectId, createdAt, updatedAt and ACL are written. */
 void lq_buf_parse_object(lq_buf *b, const json_t *obj, const char *const *keys);
 
+/* As lq_buf_parse_object, also leaving out the fields named in hidden (a
+ * NULL-terminated list, or NULL): protectedFields. className and objectId
+ * are always written. */
+void lq_buf_parse_object_hiding(lq_buf *b, const json_t *obj, const char *const *keys,
+                                const char *const *hidden);
+
 /* malloc/realloc that abort on out-of-memory (h2o_mem_alloc, Redis zmalloc). */
 void *lq_xmalloc(size_t n);
 void *lq_xcalloc(size_t n, size_t size);

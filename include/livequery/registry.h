@@ -11,6 +11,19 @@
  * Within a group, subscribers with the same `keys` share one frame body per
  * event, serialized once.
  *
+ * Authorization (acl.h) is decided here, per subscription and per delivery:
+ * each subscription has its principals (master, anonymous, or a user with
+ * roles, shared and kept current by auth.c) and, from the class's CLP, a
+ * verdict (all objects, or only those whose pointer fields name the user) and
+ * a static set of hidden fields, computed at subscribe and again whenever the
+ * CLP or the principals' roles change (lq_registry_set_clp,
+ * lq_registry_recheck). Per event, the ACL of each state is evaluated once per
+ * principals (not per subscription), then each subscriber gets
+ * create/enter/update/leave/delete from what it may see: losing read access
+ * is a `leave` whose object is the last state it could read (no original);
+ * gaining it is an `enter` without original. Frame bodies are shared by every
+ * subscriber of a group with the same keys, hidden fields and shape.
+ *
  * Thread: owned by the lws service thread; nothing here is locked.
  */
 #ifndef LIVEQUERY_REGISTRY_H
@@ -19,6 +32,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "livequery/acl.h"
 #include "livequery/error.h"
 #include "livequery/event.h"
 #include "livequery/proto.h"
@@ -33,8 +47,14 @@ typedef struct lq_registry_limits {
     size_t max_query_bytes;
 } lq_registry_limits;
 
-/* Returns a new, empty registry. lim is copied. */
+/* Called when a subscription that carried a tag (lq_sub_auth.tag) is removed,
+ * for any reason: the owner of the tag drops what it held for it. */
+typedef void (*lq_tag_release_fn)(void *ud, void *tag);
+
+/* Returns a new, empty registry. lim is copied. release (may be NULL) is
+ * called with ud for each removed tagged subscription. */
 lq_registry *lq_registry_new(const lq_registry_limits *lim);
+void lq_registry_set_tag_release(lq_registry *r, lq_tag_release_fn release, void *ud);
 /* Frees r with every client and subscription still in it (clients included). Accepts NULL. */
 void lq_registry_free(lq_registry *r);
 
@@ -45,17 +65,51 @@ lq_client *lq_registry_client_new(lq_registry *r, void *conn, int master);
 /* Removes the client and all its subscriptions. Accepts NULL. Must not be
  * called from inside lq_registry_dispatch's callback. */
 void lq_registry_client_free(lq_registry *r, lq_client *c);
+/* 1 when c connected with the master key. Accepts NULL (0). */
+int lq_registry_client_is_master(const lq_client *c);
 /* Number of subscriptions the client holds. */
 int lq_registry_client_count(const lq_client *c);
 
 /* 1 when c has a subscription on class_name. */
 int lq_registry_client_watches(const lq_client *c, const char *class_name);
 
-/* Subscribes c with a validated subscribe/update request (borrowed; nothing
- * is kept from it). A subscription with the same requestId is replaced.
- * Returns LQ_OK, or LQ_ERR with err set (102 invalid query or className,
- * 155 too many subscriptions); on error nothing changes. */
-int lq_registry_subscribe(lq_registry *r, lq_client *c, const lq_request *req, lq_error *err);
+/* Who a subscription acts as. who NULL: the master principal when the
+ * client connected with the master key, else anonymous. tag: the caller's
+ * handle for the session behind who (lq_registry_revoke_tag), or NULL. */
+typedef struct lq_sub_auth {
+    lq_principals *who; /* borrowed; the subscription takes a reference */
+    void *tag;
+} lq_sub_auth;
+
+/* Subscribes c with a validated subscribe/update request (borrowed; where
+ * and watch are referenced, nothing else is kept). A subscription with the
+ * same requestId is replaced. auth may be NULL. Returns LQ_OK, or LQ_ERR with
+ * err set (102 invalid query or className, 155 too many subscriptions, 119 /
+ * 101 CLP denies, 119 "Permission denied" for a protected field in where or
+ * watch); on error nothing changes (the replaced subscription stays). */
+int lq_registry_subscribe(lq_registry *r, lq_client *c, const lq_request *req,
+                          const lq_sub_auth *auth, lq_error *err);
+
+/* Called for each subscription a re-check or revocation removes: conn and
+ * rid identify it, err is the Parse error to tell the client. */
+typedef void (*lq_revoke_fn)(void *conn, double rid, const lq_error *err, void *ud);
+
+/* Sets the CLP of class_name (borrowed, copied by reference; NULL: none) and,
+ * if it differs from the current one, re-checks every subscription of the
+ * class: those now denied are removed (revoke called), the others get the
+ * new verdict and hidden fields. Returns 1 when the CLP changed. */
+int lq_registry_set_clp(lq_registry *r, const char *class_name, const json_t *clp,
+                        lq_revoke_fn revoke, void *ud);
+/* The CLP in force for class_name (borrowed), or NULL. */
+const json_t *lq_registry_clp(const lq_registry *r, const char *class_name);
+
+/* Re-checks every subscription acting as p (its roles changed). */
+void lq_registry_recheck(lq_registry *r, const lq_principals *p, lq_revoke_fn revoke, void *ud);
+
+/* Removes every subscription with this tag (a revoked session), calling
+ * revoke with err for each. Returns how many. */
+size_t lq_registry_revoke_tag(lq_registry *r, void *tag, const lq_error *err, lq_revoke_fn revoke,
+                              void *ud);
 
 /* Removes c's subscription requestId. Returns LQ_OK or LQ_ERR_NOTFOUND. */
 int lq_registry_unsubscribe(lq_registry *r, lq_client *c, double request_id);

@@ -40,15 +40,59 @@ static lq_registry *new_registry(int max_subs)
     return lq_registry_new(&lim);
 }
 
-static int subscribe(lq_registry *r, lq_client *c, const char *frame, lq_error *err)
+static int subscribe_as(lq_registry *r, lq_client *c, const char *frame, lq_principals *who,
+                        void *tag, lq_error *err)
 {
     lq_request req;
     lq_error perr;
+    lq_sub_auth auth = {who, tag};
     if (lq_proto_parse(frame, strlen(frame), 64, &req, &perr) != LQ_PARSE_OK)
         return -100;
-    int rc = lq_registry_subscribe(r, c, &req, err);
+    int rc = lq_registry_subscribe(r, c, &req, &auth, err);
     lq_request_release(&req);
     return rc;
+}
+
+static int subscribe(lq_registry *r, lq_client *c, const char *frame, lq_error *err)
+{
+    return subscribe_as(r, c, frame, NULL, NULL, err);
+}
+
+/* Subscriptions the registry ended, with their errors. */
+typedef struct ended {
+    void *conn;
+    double rid;
+    int code;
+    char text[256];
+} ended;
+static ended endings[16];
+static size_t nendings;
+
+static void on_revoke(void *conn, double rid, const lq_error *err, void *ud)
+{
+    (void)ud;
+    if (nendings < 16) {
+        endings[nendings] = (ended){conn, rid, err->code, ""};
+        snprintf(endings[nendings].text, sizeof(endings[nendings].text), "%s", err->text);
+        nendings++;
+    }
+}
+
+static int released_tags;
+static void on_tag_release(void *ud, void *tag)
+{
+    (void)ud;
+    (void)tag;
+    released_tags++;
+}
+
+/* The delivery to conn, or NULL. */
+static got *delivery_to(void *conn, double rid)
+{
+    for (size_t i = 0; i < ndeliveries; i++)
+        if (deliveries[i].conn == conn && deliveries[i].rid == rid)
+            return &deliveries[i];
+    return NULL;
 }
 
 static size_t publish(lq_registry *r, lq_change_op op, const char *cls, const char *obj,
@@ -249,6 +293,172 @@ static void test_errors(void)
     lq_registry_free(r);
 }
 
+static json_t *J(const char *text)
+{
+    json_error_t e;
+    return json_loads(text, 0, &e);
+}
+
+/* ACL per principals: users, roles, anonymous; the shapes of leave and enter
+ * caused by losing or gaining read access; roles changed live. */
+static void test_acl_principals(void)
+{
+    lq_registry *r = new_registry(10);
+    int a, s1, s2, m;
+    lq_client *ca = lq_registry_client_new(r, &a, 0), *c1 = lq_registry_client_new(r, &s1, 0),
+              *c2 = lq_registry_client_new(r, &s2, 0), *cm = lq_registry_client_new(r, &m, 1);
+    lq_principals *u1 = lq_principals_new_user("u1"), *u2 = lq_principals_new_user("u2");
+    const char *staff[] = {"staff"};
+    lq_error err;
+
+    lq_principals_set_roles(u1, staff, 1);
+    ASSERT_EQ(subscribe(r, ca, SUB(1, "N", "{}"), &err), LQ_OK);
+    ASSERT_EQ(subscribe_as(r, c1, SUB(1, "N", "{}"), u1, NULL, &err), LQ_OK);
+    ASSERT_EQ(subscribe_as(r, c2, SUB(1, "N", "{}"), u2, NULL, &err), LQ_OK);
+    ASSERT_EQ(subscribe(r, cm, SUB(1, "N", "{}"), &err), LQ_OK);
+
+    /* role-only: the staff member and the master */
+    ASSERT_EQ(publish(r, LQ_CHANGE_CREATE, "N", "{\"objectId\":\"o\",\"v\":1,\"ACL\":{\"role:staff\":{\"read\":true}}}", NULL), 2);
+    ASSERT_TRUE(delivery_to(&s1, 1) && delivery_to(&m, 1));
+    reset();
+    /* user-only, write-only entries do not grant reading */
+    ASSERT_EQ(publish(r, LQ_CHANGE_CREATE, "N", "{\"objectId\":\"o\",\"ACL\":{\"u2\":{\"read\":true},\"u1\":{\"write\":true}}}", NULL), 2);
+    ASSERT_TRUE(delivery_to(&s2, 1) && delivery_to(&m, 1));
+    reset();
+
+    /* public -> u2 only: anonymous and u1 lose read access: leave whose
+     * object is the last state they could read, without original */
+    ASSERT_EQ(publish(r, LQ_CHANGE_UPDATE, "N",
+                      "{\"objectId\":\"o\",\"v\":2,\"ACL\":{\"u2\":{\"read\":true}}}",
+                      "{\"objectId\":\"o\",\"v\":1}"), 4);
+    got *g = delivery_to(&a, 1);
+    ASSERT_TRUE(g && g->type == LQ_EV_LEAVE);
+    ASSERT_STREQ(g->body->data, "\"object\":{\"objectId\":\"o\",\"v\":1}}");
+    ASSERT_TRUE((g = delivery_to(&s2, 1)) && g->type == LQ_EV_UPDATE && strstr(g->body->data, "\"original\""));
+    ASSERT_TRUE((g = delivery_to(&m, 1)) && g->type == LQ_EV_UPDATE);
+    reset();
+    /* u2 only -> role:staff: u1 gains access: enter without original */
+    ASSERT_EQ(publish(r, LQ_CHANGE_UPDATE, "N",
+                      "{\"objectId\":\"o\",\"v\":3,\"ACL\":{\"role:staff\":{\"read\":true}}}",
+                      "{\"objectId\":\"o\",\"v\":2,\"ACL\":{\"u2\":{\"read\":true}}}"), 3);
+    ASSERT_TRUE((g = delivery_to(&s1, 1)) && g->type == LQ_EV_ENTER);
+    ASSERT_TRUE(strstr(g->body->data, "\"original\"") == NULL && strstr(g->body->data, "\"v\":3"));
+    ASSERT_TRUE((g = delivery_to(&s2, 1)) && g->type == LQ_EV_LEAVE && strstr(g->body->data, "\"v\":2") &&
+                strstr(g->body->data, "\"original\"") == NULL);
+    reset();
+    /* u2 joins staff: the next event follows the new roles */
+    lq_principals_set_roles(u2, staff, 1);
+    ASSERT_EQ(publish(r, LQ_CHANGE_DELETE, "N", "{\"objectId\":\"o\",\"ACL\":{\"role:staff\":{\"read\":true}}}", NULL), 3);
+    ASSERT_TRUE(delivery_to(&s2, 1) && delivery_to(&s1, 1) && !delivery_to(&a, 1));
+    reset();
+    lq_principals_unref(u1);
+    lq_principals_unref(u2);
+    lq_registry_free(r); /* the subscriptions held the last references */
+}
+
+/* CLP at subscribe and on change; pointer permissions; protectedFields. */
+static void test_clp(void)
+{
+    lq_registry *r = new_registry(10);
+    int a, s1, s2;
+    lq_client *ca = lq_registry_client_new(r, &a, 0), *c1 = lq_registry_client_new(r, &s1, 0),
+              *c2 = lq_registry_client_new(r, &s2, 0);
+    lq_principals *u1 = lq_principals_new_user("u1"), *u2 = lq_principals_new_user("u2");
+    const char *staff[] = {"staff"}, *mgr[] = {"manager", "staff"};
+    lq_error err;
+    json_t *clp;
+
+    lq_principals_set_roles(u1, staff, 1);
+    lq_principals_set_roles(u2, mgr, 2);
+    clp = J("{\"find\":{\"role:staff\":true},\"get\":{\"role:staff\":true},"
+            "\"protectedFields\":{\"*\":[\"cost\"],\"role:manager\":[]}}");
+    ASSERT_EQ(lq_registry_set_clp(r, "S", clp, on_revoke, NULL), 1);
+    ASSERT_EQ(lq_registry_set_clp(r, "S", clp, on_revoke, NULL), 0); /* same: nothing to do */
+    json_decref(clp);
+    ASSERT_EQ(subscribe(r, ca, SUB(1, "S", "{}"), &err), LQ_ERR);
+    ASSERT_EQ(err.code, 119);
+    ASSERT_STREQ(err.text, "Permission denied for action find on class S.");
+    ASSERT_EQ(subscribe_as(r, c1, SUB(1, "S", "{\"cost\":{\"$gt\":1}}"), u1, NULL, &err), LQ_ERR);
+    ASSERT_EQ(err.code, 119);
+    ASSERT_STREQ(err.text, "Permission denied");
+    ASSERT_EQ(subscribe_as(r, c1, SUB(1, "S", "{}"), u1, NULL, &err), LQ_OK);
+    ASSERT_EQ(subscribe_as(r, c2, SUB(1, "S", "{}"), u2, NULL, &err), LQ_OK);
+    ASSERT_EQ(publish(r, LQ_CHANGE_CREATE, "S", "{\"objectId\":\"o\",\"cost\":5,\"n\":1}", NULL), 2);
+    ASSERT_TRUE(strstr(delivery_to(&s1, 1)->body->data, "cost") == NULL);
+    ASSERT_TRUE(strstr(delivery_to(&s2, 1)->body->data, "\"cost\":5") != NULL);
+    reset();
+
+    /* the CLP now wants managers: the staff subscription ends with 119 */
+    clp = J("{\"find\":{\"role:manager\":true}}");
+    lq_registry_set_clp(r, "S", clp, on_revoke, NULL);
+    json_decref(clp);
+    ASSERT_EQ(nendings, 1);
+    ASSERT_TRUE(endings[0].conn == &s1 && endings[0].rid == 1 && endings[0].code == 119);
+    ASSERT_EQ(publish(r, LQ_CHANGE_CREATE, "S", "{\"objectId\":\"p\",\"cost\":5}", NULL), 1);
+    ASSERT_TRUE(delivery_to(&s2, 1) && strstr(delivery_to(&s2, 1)->body->data, "\"cost\":5"));
+    reset();
+    nendings = 0;
+
+    /* pointer permissions: only objects whose owner is the user */
+    clp = J("{\"find\":{},\"readUserFields\":[\"owner\"]}");
+    lq_registry_set_clp(r, "P", clp, on_revoke, NULL);
+    json_decref(clp);
+    ASSERT_EQ(subscribe_as(r, c1, SUB(2, "P", "{}"), u1, NULL, &err), LQ_OK);
+    ASSERT_EQ(subscribe(r, ca, SUB(2, "P", "{}"), &err), LQ_OK); /* find: allowed, matches nothing */
+    ASSERT_EQ(publish(r, LQ_CHANGE_CREATE, "P", "{\"objectId\":\"q\",\"owner\":{\"__type\":\"Pointer\",\"className\":\"_User\",\"objectId\":\"u2\"}}", NULL), 0);
+    ASSERT_EQ(publish(r, LQ_CHANGE_CREATE, "P", "{\"objectId\":\"q\",\"owner\":{\"__type\":\"Pointer\",\"className\":\"_User\",\"objectId\":\"u1\"}}", NULL), 1);
+    ASSERT_TRUE(delivery_to(&s1, 2) != NULL);
+    reset();
+    /* the owner changes: u1 loses it: a leave with the state it could read */
+    ASSERT_EQ(publish(r, LQ_CHANGE_UPDATE, "P",
+                      "{\"objectId\":\"q\",\"n\":2,\"owner\":{\"__type\":\"Pointer\",\"className\":\"_User\",\"objectId\":\"u2\"}}",
+                      "{\"objectId\":\"q\",\"n\":1,\"owner\":{\"__type\":\"Pointer\",\"className\":\"_User\",\"objectId\":\"u1\"}}"), 1);
+    ASSERT_TRUE(delivery_to(&s1, 2)->type == LQ_EV_LEAVE && strstr(delivery_to(&s1, 2)->body->data, "\"n\":1"));
+    reset();
+    lq_principals_unref(u1);
+    lq_principals_unref(u2);
+    lq_registry_free(r);
+}
+
+/* A revoked session ends every subscription that used it, and only those;
+ * _User objects keep their secrets from everyone but the user. */
+static void test_revoke_and_user(void)
+{
+    lq_registry *r = new_registry(10);
+    int a, b;
+    lq_client *ca = lq_registry_client_new(r, &a, 0), *cb = lq_registry_client_new(r, &b, 0);
+    lq_principals *u1 = lq_principals_new_user("u1"), *u2 = lq_principals_new_user("u2");
+    int t1, t2;
+    lq_error err;
+
+    lq_registry_set_tag_release(r, on_tag_release, NULL);
+    released_tags = 0;
+    nendings = 0;
+    ASSERT_EQ(subscribe_as(r, ca, SUB(1, "_User", "{}"), u1, &t1, &err), LQ_OK);
+    ASSERT_EQ(subscribe_as(r, ca, SUB(2, "N", "{}"), u1, &t1, &err), LQ_OK);
+    ASSERT_EQ(subscribe_as(r, cb, SUB(1, "_User", "{}"), u2, &t2, &err), LQ_OK);
+    ASSERT_EQ(publish(r, LQ_CHANGE_UPDATE, "_User",
+                      "{\"objectId\":\"u1\",\"username\":\"ann\",\"email\":\"a@x\",\"sessionToken\":\"r:s\",\"authData\":{}}",
+                      "{\"objectId\":\"u1\",\"username\":\"ann\",\"email\":\"a@x\"}"), 2);
+    ASSERT_TRUE(strstr(delivery_to(&a, 1)->body->data, "sessionToken") != NULL); /* herself */
+    ASSERT_TRUE(strstr(delivery_to(&a, 1)->body->data, "a@x") != NULL);
+    const char *other = delivery_to(&b, 1)->body->data;
+    ASSERT_TRUE(strstr(other, "sessionToken") == NULL && strstr(other, "authData") == NULL &&
+                strstr(other, "a@x") == NULL && strstr(other, "ann") != NULL);
+    reset();
+    lq_error_set(&err, 209, "Invalid session token");
+    ASSERT_EQ(lq_registry_revoke_tag(r, &t1, &err, on_revoke, NULL), 2);
+    ASSERT_EQ(nendings, 2);
+    ASSERT_TRUE(endings[0].conn == &a && endings[1].conn == &a && endings[0].code == 209);
+    ASSERT_EQ(released_tags, 2);
+    ASSERT_EQ(lq_registry_sub_count(r), 1);
+    nendings = 0;
+    lq_principals_unref(u1);
+    lq_principals_unref(u2);
+    lq_registry_free(r);
+    ASSERT_EQ(released_tags, 3);
+}
+
 int main(int argc, char **argv)
 {
     static const lq_test_case cases[] = {{"groups_share", test_groups_share},
@@ -256,6 +466,9 @@ int main(int argc, char **argv)
                                          {"index", test_index},
                                          {"acl_and_watch", test_acl_and_watch},
                                          {"errors", test_errors},
+                                         {"acl_principals", test_acl_principals},
+                                         {"clp", test_clp},
+                                         {"revoke_and_user", test_revoke_and_user},
                                          {NULL, NULL}};
     return lq_test_run(cases, argc, argv);
 }
