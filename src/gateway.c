@@ -32,6 +32,8 @@
 #include <sys/random.h>
 #include <time.h>
 
+#include "livequery/acl.h"
+#include "livequery/auth.h"
 #include "livequery/bus.h"
 #include "livequery/event.h"
 #include "livequery/jsonout.h"
@@ -47,6 +49,15 @@
 #define FRAME_HEAD_EST 64        /* head bytes besides ids, for queue accounting */
 #define SLOW_CLOSE_SECS 5        /* a culled client that never reads is cut after this */
 #define DRAIN_MS 3000            /* at shutdown, how long clients get to take their close */
+#define MAX_PARKED 64            /* requests a connection may queue behind a session lookup */
+#define AUTH_TICK_MS 500         /* session expiry and revalidation are checked this often */
+
+/* A request waiting for a session lookup, with the session it waits on. */
+typedef struct parked {
+    struct parked *next;
+    lq_request req;
+    lq_session *sess; /* a reference, or NULL (the request does not need one) */
+} parked;
 
 typedef struct qentry {
     lq_body *body;
@@ -77,6 +88,12 @@ typedef struct conn {
     const char *close_reason;
     char *http_body;     /* GET /health, /metrics */
     size_t http_len;
+    char *token;         /* the connect-level sessionToken, or NULL */
+    lq_session *sess;    /* its session (a reference; looked up at connect), or NULL */
+    parked *parked, *parked_tail; /* requests held back while the head waits for a session */
+    int nparked;
+    lq_session *waiting; /* the session the head request waits on, or NULL */
+    struct conn *wait_next; /* in waiting->ud's list */
 } conn;
 
 struct lq_gateway {
@@ -84,6 +101,10 @@ struct lq_gateway {
     struct lws_context *ctx;
     lq_registry *reg;
     lq_bus *bus;
+    lq_auth *auth;  /* NULL with --role tailer, and once freeing */
+    lws_sorted_usec_list_t auth_tick;
+    lq_session **unref; /* session references to drop outside auth hooks */
+    size_t nunref, capunref;
     lws_retry_bo_t retry;
     volatile sig_atomic_t stop;
     uv_loop_t *uv;  /* &uv_loop when running on libuv; NULL on lws' poll loop */
@@ -345,6 +366,107 @@ static int secret_equal(const char *a, const char *b)
     return d == 0 && lb > 0;
 }
 
+/* Drops a session reference. Deferred: a reference can fall inside an auth
+ * hook (a revocation removes the subscriptions that held it), where the
+ * session must stay alive; flush_unref runs after every lq_auth_poll. */
+static void session_drop(lq_gateway *gw, lq_session *s)
+{
+    if (s == NULL || gw->auth == NULL)
+        return;
+    if (gw->nunref == gw->capunref) {
+        gw->capunref = gw->capunref ? gw->capunref * 2 : 64;
+        gw->unref = lq_xrealloc(gw->unref, gw->capunref * sizeof(lq_session *));
+    }
+    gw->unref[gw->nunref++] = s;
+}
+
+static void flush_unref(lq_gateway *gw)
+{
+    for (size_t i = 0; i < gw->nunref; i++)
+        if (gw->auth)
+            lq_auth_release(gw->auth, gw->unref[i]);
+    gw->nunref = 0;
+}
+
+static void tag_release(void *ud, void *tag)
+{
+    session_drop(ud, tag);
+}
+
+/* A subscription the registry removed (session revoked, CLP or roles changed). */
+static void revoked(void *connp, double rid, const lq_error *err, void *ud)
+{
+    lq_gateway *gw = ud;
+    conn *c = connp;
+    char text[320];
+
+    send_error(gw, c, err, 0, 1, rid);
+    LQ_INFO("subscription ended", "client=%s code=%d error=\"%s\"", c->client_id, err->code,
+            lq_log_escape(text, sizeof(text), err->text));
+}
+
+static void unwait(conn *c)
+{
+    lq_session *s = c->waiting;
+    conn **pp;
+
+    if (s == NULL)
+        return;
+    for (pp = (conn **)&s->ud; *pp; pp = &(*pp)->wait_next) {
+        if (*pp == c) {
+            *pp = c->wait_next;
+            break;
+        }
+    }
+    c->wait_next = NULL;
+    c->waiting = NULL;
+    LQ_METRIC_ADD(auth_waiting, -1);
+}
+
+static void handle_request(lq_gateway *gw, conn *c, lq_request *req, lq_session *sess, int resumed);
+static void resume(lq_gateway *gw, conn *c);
+
+static void hook_session_changed(void *ud, lq_session *s)
+{
+    lq_gateway *gw = ud;
+    conn *w = s->ud;
+
+    s->ud = NULL;
+    while (w) { /* connections whose head request waited on s */
+        conn *next = w->wait_next;
+        w->wait_next = NULL;
+        w->waiting = NULL;
+        LQ_METRIC_ADD(auth_waiting, -1);
+        resume(gw, w);
+        w = next;
+    }
+    if (s->state == LQ_SESSION_INVALID) {
+        lq_error err;
+        lq_error_set(&err, LQ_PARSE_ERR_INVALID_SESSION, "Invalid session token");
+        size_t n = lq_registry_revoke_tag(gw->reg, s, &err, revoked, gw);
+        if (n)
+            LQ_INFO("session ended: subscriptions told", "session=%s why=%s subscriptions=%zu",
+                    s->session_id[0] ? s->session_id : "-", s->why ? s->why : "-", n);
+    }
+}
+
+static void hook_roles_changed(void *ud, lq_principals *p)
+{
+    lq_gateway *gw = ud;
+    LQ_INFO("roles changed", "user=%s roles=%zu", p->user_id ? p->user_id : "-", p->nroles);
+    lq_registry_recheck(gw->reg, p, revoked, gw);
+}
+
+static const lq_auth_hooks auth_hooks = {hook_session_changed, hook_roles_changed};
+
+static void auth_poll(lq_gateway *gw)
+{
+    if (gw->auth == NULL)
+        return;
+    lq_auth_poll(gw->auth, wall_ms(), &auth_hooks, gw);
+    flush_unref(gw);
+}
+
 static void on_connect(lq_gateway *gw, conn *c, const lq_request *req)
 {
     lq_error err;
@@ -367,6 +489,16 @@ static void on_connect(lq_gateway *gw, conn *c, const lq_request *req)
     }
     /* a second connect starts a new client: new id, no subscriptions */
     lq_registry_client_free(gw->reg, c->client);
+    free(c->token);
+    c->token = NULL;
+    session_drop(gw, c->sess);
+    c->sess = NULL;
+    if (!master && req->session_token && req->session_token[0] && gw->auth) {
+        /* looked up now, so the first subscribe rarely waits; an invalid
+         * token is accepted here (as Parse does) and refused at subscribe */
+        c->token = lq_xstrdup(req->session_token);
+        c->sess = lq_auth_get(gw->auth, c->token);
+    }
     client_id_new(c->client_id);
     lq_proto_ids(&c->ids, c->client_id, req->installation_id);
     c->client = lq_registry_client_new(gw->reg, c, master);
@@ -374,21 +506,69 @@ static void on_connect(lq_gateway *gw, conn *c, const lq_request *req)
     LQ_DEBUG("client connected", "client=%s master=%d", c->client_id, master);
 }
 
-static void on_subscribe(lq_gateway *gw, conn *c, const lq_request *req)
+/* The session a subscribe acts under: its own sessionToken first, then the
+ * connect-level one (reference §4). A new reference, or NULL (anonymous). */
+static lq_session *subscribe_session(lq_gateway *gw, conn *c, const lq_request *req)
+{
+    if (gw->auth == NULL || lq_registry_client_is_master(c->client))
+        return NULL;
+    if (req->session_token && req->session_token[0])
+        return lq_auth_get(gw->auth, req->session_token);
+    if (c->token)
+        return lq_auth_get(gw->auth, c->token);
+    return NULL;
+}
+
+/* Handles a subscribe/update. sess: the session a parked request waited on
+ * (its reference is consumed), or NULL on first sight. Returns 1 when the
+ * request must wait for a session lookup (the caller parks it with
+ * *wait, a reference), 0 when it was answered. */
+static int on_subscribe(lq_gateway *gw, conn *c, const lq_request *req, lq_session *sess,
+                        int resumed, lq_session **wait)
 {
     lq_error err;
+    lq_sub_auth auth = {NULL, NULL};
 
     if (c->client == NULL) {
+        session_drop(gw, sess);
         lq_error_set(&err, LQ_PARSE_ERR_NO_CLIENT,
                      "Can not find this client, make sure you connect to server before subscribing");
         send_error(gw, c, &err, 1, 0, 0);
-        return;
+        return 0;
     }
-    if (lq_registry_subscribe(gw->reg, c->client, req, &err) != LQ_OK) {
+    if (!resumed)
+        sess = subscribe_session(gw, c, req);
+    if (sess) {
+        switch (sess->state) {
+        case LQ_SESSION_PENDING:
+            *wait = sess;
+            return 1;
+        case LQ_SESSION_VALID:
+            auth.who = sess->who;
+            auth.tag = sess; /* the subscription holds this reference */
+            break;
+        case LQ_SESSION_INVALID:
+            LQ_DEBUG("subscribe refused: invalid session token", "client=%s why=%s", c->client_id,
+                     sess->why ? sess->why : "-");
+            session_drop(gw, sess);
+            lq_error_set(&err, LQ_PARSE_ERR_INVALID_SESSION, "Invalid session token");
+            send_error(gw, c, &err, 0, 1, req->request_id);
+            return 0;
+        case LQ_SESSION_UNAVAILABLE:
+            session_drop(gw, sess);
+            lq_error_set(&err, LQ_PARSE_ERR_RESYNC,
+                         "Session token could not be checked now; try again");
+            send_error(gw, c, &err, 1, 1, req->request_id);
+            return 0;
+        }
+    }
+    if (lq_registry_subscribe(gw->reg, c->client, req, &auth, &err) != LQ_OK) {
+        session_drop(gw, sess);
         send_error(gw, c, &err, 0, 1, req->request_id);
-        return;
+        return 0;
     }
     send_reply(gw, c, "subscribed", 1, req->request_id);
+    return 0;
 }
 
 static void on_unsubscribe(lq_gateway *gw, conn *c, const lq_request *req)
@@ -416,6 +596,78 @@ static void on_unsubscribe(lq_gateway *gw, conn *c, const lq_request *req)
     send_reply(gw, c, "unsubscribed", 1, req->request_id);
 }
 
+/* Adds req (taken) to c's parked requests: at the head when it is the one
+ * that waits (sess, a reference), else at the tail. */
+static void park(lq_gateway *gw, conn *c, lq_request *req, lq_session *sess, int at_head)
+{
+    parked *p = lq_xcalloc(1, sizeof(*p));
+
+    p->req = *req;
+    p->sess = sess;
+    if (at_head) {
+        p->next = c->parked;
+        c->parked = p;
+        if (c->parked_tail == NULL)
+            c->parked_tail = p;
+    } else {
+        if (c->parked_tail)
+            c->parked_tail->next = p;
+        else
+            c->parked = p;
+        c->parked_tail = p;
+    }
+    c->nparked++;
+    if (sess && c->waiting == NULL) {
+        c->waiting = sess;
+        c->wait_next = sess->ud;
+        sess->ud = c;
+        LQ_METRIC_INC(auth_waiting);
+    }
+    (void)gw;
+}
+
+/* Answers req (taken), or parks it when it must wait for a session. */
+static void handle_request(lq_gateway *gw, conn *c, lq_request *req, lq_session *sess, int resumed)
+{
+    lq_session *wait = NULL;
+
+    switch (req->op) {
+    case LQ_OP_CONNECT:
+        on_connect(gw, c, req);
+        break;
+    case LQ_OP_SUBSCRIBE:
+    case LQ_OP_UPDATE: /* update = re-subscribe under the same requestId */
+        if (on_subscribe(gw, c, req, sess, resumed, &wait)) {
+            park(gw, c, req, wait, 1);
+            return;
+        }
+        break;
+    case LQ_OP_UNSUBSCRIBE:
+        on_unsubscribe(gw, c, req);
+        break;
+    }
+    lq_request_release(req);
+}
+
+/* The session c waited on is settled: answer its parked requests in order
+ * until one has to wait again. */
+static void resume(lq_gateway *gw, conn *c)
+{
+    parked *p;
+
+    while (c->waiting == NULL && (p = c->parked) != NULL) {
+        c->parked = p->next;
+        if (c->parked == NULL)
+            c->parked_tail = NULL;
+        c->nparked--;
+        lq_request req = p->req;
+        lq_session *sess = p->sess;
+        int resumed = sess != NULL;
+        free(p);
+        handle_request(gw, c, &req, sess, resumed);
+    }
+}
+
 static void on_message(lq_gateway *gw, conn *c, const char *buf, size_t len, int binary)
 {
     lq_request req;
@@ -441,19 +693,18 @@ static void on_message(lq_gateway *gw, conn *c, const char *buf, size_t len, int
     case LQ_PARSE_OK:
         break;
     }
-    switch (req.op) {
-    case LQ_OP_CONNECT:
-        on_connect(gw, c, &req);
-        break;
-    case LQ_OP_SUBSCRIBE:
-    case LQ_OP_UPDATE: /* update = re-subscribe under the same requestId */
-        on_subscribe(gw, c, &req);
-        break;
-    case LQ_OP_UNSUBSCRIBE:
-        on_unsubscribe(gw, c, &req);
-        break;
+    if (c->parked) { /* requests are answered in order: wait behind the head */
+        if (c->nparked >= MAX_PARKED) {
+            lq_error_set(&err, LQ_PARSE_ERR_LIMIT,
+                         "too many requests waiting for a session check (limit %d)", MAX_PARKED);
+            send_error(gw, c, &err, 1, 0, 0);
+            lq_request_release(&req);
+            return;
+        }
+        park(gw, c, &req, NULL, 0);
+        return;
     }
-    lq_request_release(&req);
+    handle_request(gw, c, &req, NULL, 0);
 }
 
 /*---- events from the bus -----------------------------------------------------*/
@@ -496,10 +747,39 @@ static void drain_bus(lq_gateway *gw)
     gw->dispatching = 1;
     for (ev = lq_bus_take(gw->bus); ev; ev = next) {
         next = ev->next;
-        if (ev->op == LQ_CHANGE_RESYNC)
+        switch (ev->op) {
+        case LQ_CHANGE_RESYNC:
+            if (gw->auth && lq_auth_watches_class(ev->class_name)) {
+                lq_auth_on_change(gw->auth, ev); /* their events were lost: re-read what is in use */
+                auth_poll(gw);
+            }
             resync_class(gw, ev);
-        else
+            break;
+        case LQ_CHANGE_SCHEMA:
+            if (lq_registry_set_clp(gw->reg, ev->class_name, ev->clp, revoked, gw))
+                LQ_INFO("class-level permissions changed", "class=%s clp=%s", ev->class_name,
+                        ev->clp ? "set" : "none");
+            break;
+        case LQ_CHANGE_CLEAR_CACHE: {
+            const char *uid = json_string_value(json_object_get(ev->object, "userId"));
+            if (gw->auth)
+                lq_auth_clear_cache(gw->auth, uid);
+            auth_poll(gw);
+            break;
+        }
+        default:
+            /* Parse Server's messages carry the CLP in force at the write */
+            if (ev->has_clp && lq_registry_set_clp(gw->reg, ev->class_name, ev->clp, revoked, gw))
+                LQ_INFO("class-level permissions changed", "class=%s source=parse-server",
+                        ev->class_name);
+            if (gw->auth && lq_auth_watches_class(ev->class_name)) {
+                /* before later events of the batch: a logout stops delivery at once */
+                lq_auth_on_change(gw->auth, ev);
+                auth_poll(gw);
+            }
             n += lq_registry_dispatch(gw->reg, ev, now, deliver, gw);
+            break;
+        }
         lq_change_free(ev);
     }
     gw->dispatching = 0;
@@ -587,6 +867,20 @@ static void drain_check(lq_gateway *gw);
 
 static void conn_release(lq_gateway *gw, conn *c)
 {
+    unwait(c);
+    while (c->parked) {
+        parked *p = c->parked;
+        c->parked = p->next;
+        lq_request_release(&p->req);
+        session_drop(gw, p->sess);
+        free(p);
+    }
+    c->parked_tail = NULL;
+    c->nparked = 0;
+    session_drop(gw, c->sess);
+    c->sess = NULL;
+    free(c->token);
+    c->token = NULL;
     lq_registry_client_free(gw->reg, c->client);
     c->client = NULL;
     queue_clear(c);
@@ -642,6 +936,8 @@ static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *use
     case LWS_CALLBACK_EVENT_WAIT_CANCELLED:
         if (gw && gw->bus)
             drain_bus(gw);
+        if (gw)
+            auth_poll(gw);
         if (gw && gw->stop && gw->uv && !gw->draining)
             uv_stop(gw->uv); /* lws_service returns: lq_gateway_run drains */
         return 0;
@@ -729,6 +1025,14 @@ static void wake(void *ud)
     lws_cancel_service(gw->ctx);
 }
 
+/* Session expiry and revalidation run on a timer besides the wake-ups. */
+static void auth_tick(lws_sorted_usec_list_t *sul)
+{
+    lq_gateway *gw = lws_container_of(sul, lq_gateway, auth_tick);
+    auth_poll(gw);
+    lws_sul_schedule(gw->ctx, 0, &gw->auth_tick, auth_tick, AUTH_TICK_MS * LWS_US_PER_MS);
+}
+
 lq_gateway *lq_gateway_new(const lq_config *cfg)
 {
     struct lws_context_creation_info info;
@@ -783,6 +1087,17 @@ lq_gateway *lq_gateway_new(const lq_config *cfg)
         return NULL;
     }
     if (cfg->role & LQ_ROLE_GATEWAY) {
+        gw->auth = lq_auth_new(cfg, wake, gw);
+        lq_registry_set_tag_release(gw->reg, tag_release, gw);
+        if (lq_auth_start(gw->auth) != LQ_OK) {
+            LQ_ERROR("cannot start the session lookup threads", NULL);
+            lq_gateway_free(gw);
+            return NULL;
+        }
+        if (cfg->mongodb_uri == NULL)
+            LQ_INFO("no --mongodb-uri: session tokens cannot be checked; subscriptions that give "
+                    "one are refused (209)", NULL);
+        auth_tick(&gw->auth_tick);
         gw->bus = lq_bus_new(cfg, wake, gw);
         if (lq_bus_start(gw->bus) != LQ_OK) {
             LQ_ERROR("cannot start the redis thread", NULL);
@@ -860,6 +1175,14 @@ void lq_gateway_free(lq_gateway *gw)
     if (gw == NULL)
         return;
     lq_bus_stop(gw->bus);
+    /* auth first: its threads wake the context. Session references still
+     * held by connections and subscriptions go with it (every release below
+     * sees gw->auth == NULL and does nothing). */
+    if (gw->ctx)
+        lws_sul_cancel(&gw->auth_tick);
+    lq_auth_free(gw->auth);
+    gw->auth = NULL;
+    gw->nunref = 0;
     if (gw->ctx)
         lws_context_destroy(gw->ctx); /* closes every connection: CLOSED frees their clients */
     if (gw->uv) {
@@ -881,6 +1204,7 @@ void lq_gateway_free(lq_gateway *gw)
     }
     lq_bus_free(gw->bus);
     lq_registry_free(gw->reg);
+    free(gw->unref);
     lq_buf_release(&gw->out);
     lq_buf_release(&gw->scratch);
     free(gw);
