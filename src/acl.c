@@ -255,6 +255,31 @@ int lq_principals_has(const lq_principals *p, const char *entry)
     return 0;
 }
 
+unsigned lq_acl_key_hash(const char *entry, size_t len)
+{
+    unsigned h;
+    HASH_VALUE(entry, len, h);
+    return h;
+}
+
+int lq_principals_has_hashed(const lq_principals *p, const char *entry, size_t len, unsigned hash)
+{
+    if (p == NULL)
+        return 0;
+    if (len == 1 && entry[0] == '*')
+        return 1;
+    if (p->master)
+        return 0;
+    if (p->user_id != NULL && strcmp(entry, p->user_id) == 0)
+        return 1;
+    if (p->role_set != NULL && len > ROLE_PREFIX_LEN && memcmp(entry, ROLE_PREFIX, ROLE_PREFIX_LEN) == 0) {
+        lq_role_set *found = NULL;
+        HASH_FIND_BYHASHVALUE(hh, p->role_set, entry, len, hash, found);
+        return found != NULL;
+    }
+    return 0;
+}
+
 /*---- object ACL -------------------------------------------------------------*/
 
 int lq_acl_can_read(const lq_principals *p, const json_t *obj)

@@ -739,6 +739,71 @@ int lq_registry_unsubscribe(lq_registry *r, lq_client *cl, double request_id)
 
 /*---- dispatch ----------------------------------------------------------------*/
 
+/* An event state's ACL, read once per dispatch: the entries granting read.
+ * Per subscriber only these few entries are looked up in its principals. */
+#define ACL_VIEW_MAX 16
+typedef struct acl_view {
+    int everyone;  /* no ACL, or "*" may read */
+    int nobody;    /* no state, or an ACL that is not an object */
+    int overflow;  /* more entries than fit: ask lq_acl_can_read */
+    int n;
+    const char *keys[ACL_VIEW_MAX];
+    size_t lens[ACL_VIEW_MAX];
+    unsigned hashes[ACL_VIEW_MAX];
+} acl_view;
+
+static void acl_view_init(acl_view *v, const json_t *obj)
+{
+    const json_t *acl;
+    const char *k;
+    json_t *e;
+
+    memset(v, 0, sizeof(*v));
+    if (obj == NULL) {
+        v->nobody = 1;
+        return;
+    }
+    acl = json_object_get(obj, "ACL");
+    if (acl == NULL || json_is_null(acl)) {
+        v->everyone = 1;
+        return;
+    }
+    if (!json_is_object(acl)) {
+        v->nobody = 1;
+        return;
+    }
+    json_object_foreach((json_t *)acl, k, e) {
+        if (!json_is_true(json_object_get(e, "read")))
+            continue;
+        if (strcmp(k, "*") == 0) {
+            v->everyone = 1;
+            return;
+        }
+        if (v->n == ACL_VIEW_MAX) {
+            v->overflow = 1;
+            return;
+        }
+        v->keys[v->n] = k;
+        v->lens[v->n] = strlen(k);
+        v->hashes[v->n] = lq_acl_key_hash(k, v->lens[v->n]);
+        v->n++;
+    }
+}
+
+static int acl_view_reads(const acl_view *v, const lq_principals *p, const json_t *obj)
+{
+    if (v->everyone)
+        return 1;
+    if (v->nobody)
+        return 0;
+    if (v->overflow)
+        return lq_acl_can_read(p, obj);
+    for (int i = 0; i < v->n; i++)
+        if (lq_principals_has_hashed(p, v->keys[i], v->lens[i], v->hashes[i]))
+            return 1;
+    return 0;
+}
+
 typedef struct dispatch {
     lq_registry *r;
     const lq_change *ev;
@@ -748,6 +813,8 @@ typedef struct dispatch {
     void *ud;
     size_t delivered;
     size_t withheld_acl, withheld_clp, hidden; /* metrics, added once per dispatch */
+    int dynamic;       /* hidden fields depend on the object (userField tiers, _User) */
+    acl_view acl[2];   /* [0] object, [1] original */
 } dispatch;
 
 /* Principals' memo stamps: one counter for every registry of the process,
@@ -788,10 +855,15 @@ static lq_body *keyset_body(dispatch *d, keyset *ks, const hidden *hid, int shap
 /* ACL reads of the event's two states for p, once per dispatch per principals. */
 static void acl_reads(dispatch *d, lq_principals *p, int *cur, int *orig)
 {
+    if (d->acl[0].everyone && (d->acl[1].everyone || d->acl[1].nobody)) { /* the common case */
+        *cur = 1;
+        *orig = !d->acl[1].nobody;
+        return;
+    }
     if (p->memo_stamp != dispatch_stamp) {
         p->memo_stamp = dispatch_stamp;
-        p->memo[0] = lq_acl_can_read(p, d->ev->object);
-        p->memo[1] = d->ev->original ? lq_acl_can_read(p, d->ev->original) : 0;
+        p->memo[0] = acl_view_reads(&d->acl[0], p, d->ev->object);
+        p->memo[1] = acl_view_reads(&d->acl[1], p, d->ev->original);
     }
     *cur = p->memo[0];
     *orig = p->memo[1];
@@ -810,7 +882,7 @@ static const hidden *delivery_hidden(dispatch *d, const sub *s, int shape)
     char **a = NULL, **b = NULL, **u;
     hidden *h;
 
-    if (s->who->master || !((d->clp && d->clp->dynamic) || strcmp(clsname, "_User") == 0))
+    if (!d->dynamic || s->who->master)
         return s->hid;
     if (shape != SHAPE_ORIGINAL_AS_OBJECT)
         a = lq_protected_for_object(clp, clsname, st, s->who, ev->object);
@@ -925,7 +997,13 @@ static void visit_field(dispatch *d, ifield *f, const json_t *obj)
 size_t lq_registry_dispatch(lq_registry *r, const lq_change *ev, int64_t now_ms,
                             lq_deliver_fn deliver, void *ud)
 {
-    dispatch d = {r, ev, now_ms, NULL, deliver, ud, 0, 0, 0, 0};
+    dispatch d;
+    memset(&d, 0, sizeof(d));
+    d.r = r;
+    d.ev = ev;
+    d.now_ms = now_ms;
+    d.deliver = deliver;
+    d.ud = ud;
     cls *c;
     group *g;
     ifield *f, *ftmp;
@@ -939,6 +1017,9 @@ size_t lq_registry_dispatch(lq_registry *r, const lq_change *ev, int64_t now_ms,
     r->stamp++;
     dispatch_stamp++;
     d.clp = clp_find(r, ev->class_name);
+    d.dynamic = (d.clp && d.clp->dynamic) || strcmp(ev->class_name, "_User") == 0;
+    acl_view_init(&d.acl[0], ev->object);
+    acl_view_init(&d.acl[1], ev->original);
 
     DL_FOREACH(c->unindexed, g) {
         visit(&d, g);

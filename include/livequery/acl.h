@@ -57,6 +57,11 @@ int lq_principals_set_roles(lq_principals *p, const char *const *names, size_t n
  * "*" is in every group; the master principal holds no entries but "*". */
 int lq_principals_has(const lq_principals *p, const char *entry);
 
+/* The same test for a caller that checks one entry against many principals:
+ * hash = lq_acl_key_hash(entry, len), computed once. */
+unsigned lq_acl_key_hash(const char *entry, size_t len);
+int lq_principals_has_hashed(const lq_principals *p, const char *entry, size_t len, unsigned hash);
+
 /* Object ACL (REST JSON obj with an optional "ACL"): 1 when p may read obj.
  * Master: 1. No "ACL" key (or ACL null): public, 1. ACL not an object: 0.
  * Otherwise 1 iff some key whose value has "read": true is in p's group. */
