@@ -34,11 +34,20 @@ typedef struct class_seq {
     UT_hash_handle hh;
 } class_seq;
 
+/* A class whose CLP this gateway has been handed (LQ_CHANGE_SCHEMA). */
+typedef struct clp_known {
+    UT_hash_handle hh;
+    int mark;
+    char name[];
+} clp_known;
+
+#define NCHANNELS 4
+
 struct lq_bus {
     const lq_config *cfg;
     lq_bus_notify_fn notify;
     void *ud;
-    char *channels[3];
+    char *channels[NCHANNELS]; /* ours, afterSave, afterDelete, clearCache (lq_bus_channel order) */
     pthread_t thread;
     int started;
     int stop_pipe[2];
@@ -47,6 +56,7 @@ struct lq_bus {
 
     /* bus thread only: ordering and gap repair (protocol/bus.md) */
     class_seq *seqs;
+    clp_known *clps;   /* classes announced with LQ_CHANGE_SCHEMA */
     redisContext *cmd; /* a second connection, for XRANGE / HMGET; NULL until needed */
     char *key_base;    /* <prefix><appId>: */
 
@@ -78,17 +88,63 @@ static int object_ok(json_t *obj, const char *class_name)
     return 1;
 }
 
+int lq_bus_class_name_valid(const char *name)
+{
+    static const char join[] = "_Join:";
+    char part[LQ_CLASS_NAME_MAX + 1];
+    const char *field, *colon;
+
+    if (name == NULL)
+        return 0;
+    if (strncmp(name, join, sizeof(join) - 1) != 0)
+        return lq_class_name_valid(name);
+    if (strlen(name) > LQ_CLASS_NAME_MAX)
+        return 0;
+    field = name + sizeof(join) - 1;
+    colon = strchr(field, ':');
+    if (colon == NULL || (size_t)(colon - field) > LQ_CLASS_NAME_MAX)
+        return 0;
+    memcpy(part, field, (size_t)(colon - field));
+    part[colon - field] = '\0';
+    return lq_class_name_valid(part) && lq_class_name_valid(colon + 1);
+}
+
+/* Parse Server's <appId>clearCache: any JSON; an object (e.g. {"userId":…})
+ * is handed over as is, anything else as NULL. */
+static lq_change *parse_clear_cache(const char *payload, size_t len, const char **reason)
+{
+    json_error_t jerr;
+    json_t *root = json_loadb(payload, len, JSON_REJECT_DUPLICATES | JSON_DECODE_ANY, &jerr);
+    lq_change *ev;
+
+    if (root == NULL) {
+        *reason = "not JSON";
+        return NULL;
+    }
+    ev = lq_xcalloc(1, sizeof(*ev));
+    ev->op = LQ_CHANGE_CLEAR_CACHE;
+    ev->class_name[0] = '\0';
+    if (json_is_object(root))
+        ev->object = root;
+    else
+        json_decref(root);
+    return ev;
+}
+
 lq_change *lq_bus_parse(lq_bus_channel kind, const char *payload, size_t len, const char **reason)
 {
     json_error_t jerr;
     json_t *root, *object, *original, *v;
     lq_change *ev = NULL;
     const char *class_name;
+    int (*name_valid)(const char *) = lq_class_name_valid;
 
     if (len > LQ_BUS_MESSAGE_MAX) {
         *reason = "larger than 16 MiB";
         return NULL;
     }
+    if (kind == LQ_BUS_PARSE_CLEAR_CACHE)
+        return parse_clear_cache(payload, len, reason);
     root = json_loadb(payload, len, JSON_REJECT_DUPLICATES, &jerr);
 
     if (!json_is_object(root)) {
@@ -98,6 +154,7 @@ lq_change *lq_bus_parse(lq_bus_channel kind, const char *payload, size_t len, co
     ev = lq_xcalloc(1, sizeof(*ev));
     if (kind == LQ_BUS_OURS) {
         const char *op;
+        name_valid = lq_bus_class_name_valid;
         v = json_object_get(root, "v");
         if (!json_is_integer(v) || json_integer_value(v) != 1) {
             *reason = "unsupported or missing version v";
@@ -118,9 +175,25 @@ lq_change *lq_bus_parse(lq_bus_channel kind, const char *payload, size_t len, co
             ev->op = LQ_CHANGE_DELETE;
         } else if (strcmp(op, "resync") == 0) {
             ev->op = LQ_CHANGE_RESYNC;
+        } else if (strcmp(op, "schema") == 0) {
+            ev->op = LQ_CHANGE_SCHEMA;
         } else {
-            *reason = "op is not create, update, delete or resync";
+            *reason = "op is not create, update, delete, resync or schema";
             goto fail;
+        }
+        if (ev->op == LQ_CHANGE_SCHEMA) { /* no seq, no epoch: not ordered with the events */
+            v = json_object_get(root, "clp");
+            if (!lq_bus_class_name_valid(class_name) || !(json_is_object(v) || json_is_null(v))) {
+                *reason = "schema without className, or clp is not an object or null";
+                goto fail;
+            }
+            strcpy(ev->class_name, class_name);
+            ev->has_clp = 1;
+            ev->clp = json_is_object(v) ? json_incref(v) : NULL;
+            v = json_object_get(root, "ts");
+            ev->ts_ms = json_is_integer(v) ? json_integer_value(v) : 0;
+            json_decref(root);
+            return ev;
         }
         v = json_object_get(root, "epoch");
         if (v && (!json_is_string(v) || json_string_length(v) == 0 ||
@@ -131,7 +204,7 @@ lq_change *lq_bus_parse(lq_bus_channel kind, const char *payload, size_t len, co
         if (v)
             memcpy(ev->epoch, json_string_value(v), json_string_length(v) + 1);
         if (ev->op == LQ_CHANGE_RESYNC) {
-            if (!lq_class_name_valid(class_name) || !v) {
+            if (!lq_bus_class_name_valid(class_name) || !v) {
                 *reason = "resync without className or epoch";
                 goto fail;
             }
@@ -158,12 +231,17 @@ lq_change *lq_bus_parse(lq_bus_channel kind, const char *payload, size_t len, co
         ev->op = kind == LQ_BUS_PARSE_DELETE ? LQ_CHANGE_DELETE
                  : original                  ? LQ_CHANGE_UPDATE
                                              : LQ_CHANGE_CREATE;
+        v = json_object_get(root, "classLevelPermissions");
+        if (json_is_object(v)) { /* anything else: as if absent */
+            ev->clp = json_incref(v);
+            ev->has_clp = 1;
+        }
     }
-    if (!lq_class_name_valid(class_name)) {
+    if (!name_valid(class_name)) {
         *reason = "missing or invalid className";
         goto fail;
     }
-    strcpy(ev->class_name, class_name); /* length checked by lq_class_name_valid */
+    strcpy(ev->class_name, class_name); /* length checked by the validator */
     if (!object_ok(object, ev->class_name)) {
         *reason = "object is missing, has no objectId, or names another class";
         goto fail;
@@ -378,6 +456,92 @@ static int sequence(lq_bus *b, lq_change *ev)
     return wake | enqueue(b, ev);
 }
 
+/* Remembers that the gateway was handed a CLP for class_name. */
+static clp_known *clp_note(lq_bus *b, const char *class_name)
+{
+    clp_known *k;
+    HASH_FIND_STR(b->clps, class_name, k);
+    if (k == NULL) {
+        size_t n = strlen(class_name);
+        k = lq_xcalloc(1, sizeof(*k) + n + 1);
+        memcpy(k->name, class_name, n + 1);
+        HASH_ADD_KEYPTR(hh, b->clps, k->name, n, k);
+    }
+    return k;
+}
+
+static int enqueue_schema(lq_bus *b, const char *class_name, json_t *clp /* taken */)
+{
+    lq_change *ev = lq_xcalloc(1, sizeof(*ev));
+    ev->op = LQ_CHANGE_SCHEMA;
+    snprintf(ev->class_name, sizeof(ev->class_name), "%s", class_name);
+    ev->clp = clp;
+    ev->has_clp = 1;
+    return enqueue(b, ev);
+}
+
+/* After a (re)subscribe, before the catch-up: the gateway is handed every
+ * class's CLP from the <p>schema hash the tailer keeps, and NULL for each
+ * class it was handed one for before that is no longer there. Returns 1 to
+ * wake. */
+static int schema_sync(lq_bus *b)
+{
+    redisContext *c = cmd_conn(b);
+    redisReply *r = c ? redisCommand(c, "HGETALL %sschema", b->key_base) : NULL;
+    clp_known *k, *tmp;
+    int wake = 0;
+    size_t n = 0;
+
+    if (r == NULL || r->type != REDIS_REPLY_ARRAY) {
+        LQ_WARN("cannot read the class-level permissions from redis", "key=%sschema error=\"%s\"",
+                b->key_base, r ? (r->type == REDIS_REPLY_ERROR ? r->str : "unexpected reply") : c ? c->errstr : "no connection");
+        if (r == NULL)
+            cmd_drop(b);
+        else
+            freeReplyObject(r);
+        return 0;
+    }
+    HASH_ITER(hh, b->clps, k, tmp)
+    {
+        k->mark = 0;
+    }
+    for (size_t i = 0; i + 1 < r->elements; i += 2) {
+        redisReply *f = r->element[i], *v = r->element[i + 1];
+        json_t *clp = NULL;
+        json_error_t jerr;
+        if (f->type != REDIS_REPLY_STRING || v->type != REDIS_REPLY_STRING || !lq_bus_class_name_valid(f->str)) {
+            LQ_METRIC_INC(bus_messages_invalid);
+            LQ_WARN("class-level permissions skipped: bad field in the schema hash", "key=%sschema", b->key_base);
+            continue;
+        }
+        if (strcmp(v->str, "null") != 0) {
+            clp = json_loadb(v->str, v->len, JSON_REJECT_DUPLICATES, &jerr);
+            if (!json_is_object(clp)) {
+                json_decref(clp);
+                LQ_METRIC_INC(bus_messages_invalid);
+                LQ_WARN("class-level permissions skipped: not a JSON object or null", "key=%sschema class=%s",
+                        b->key_base, f->str);
+                continue;
+            }
+        }
+        clp_note(b, f->str)->mark = 1;
+        wake |= enqueue_schema(b, f->str, clp);
+        n++;
+    }
+    freeReplyObject(r);
+    HASH_ITER(hh, b->clps, k, tmp)
+    {
+        if (!k->mark) { /* gone from the hash: the class has no CLP any more */
+            wake |= enqueue_schema(b, k->name, NULL);
+            HASH_DEL(b->clps, k);
+            free(k);
+            n++;
+        }
+    }
+    LQ_DEBUG("class-level permissions read from redis", "classes=%zu", n);
+    return wake;
+}
+
 /* After a reconnect: whatever was published while we were away is read from
  * the history streams, or the class resyncs. Returns 1 to wake. */
 static int catch_up(lq_bus *b)
@@ -412,13 +576,14 @@ static int handle_reply(lq_bus *b, redisReply *rep)
         rep->element[0]->type != REDIS_REPLY_STRING)
         return 0; /* PONG and other replies only prove Redis is alive */
     if (strcmp(rep->element[0]->str, "subscribe") == 0) {
-        if (rep->element[2]->type == REDIS_REPLY_INTEGER && rep->element[2]->integer == 3) {
+        if (rep->element[2]->type == REDIS_REPLY_INTEGER && rep->element[2]->integer == NCHANNELS) {
             atomic_store(&b->connected, 1);
             LQ_METRIC_SET(bus_connected, 1);
             LQ_METRIC_INC(bus_connects);
             LQ_INFO("redis subscribed", "host=%s port=%d channel=%s", b->cfg->redis_host,
                     b->cfg->redis_port, b->channels[0]);
-            return catch_up(b);
+            int wake = schema_sync(b); /* the CLPs first, then the events they govern */
+            return wake | catch_up(b);
         }
         return 0;
     }
@@ -426,9 +591,10 @@ static int handle_reply(lq_bus *b, redisReply *rep)
         rep->element[2]->type != REDIS_REPLY_STRING)
         return 0;
     const char *ch = rep->element[1]->str;
-    lq_bus_channel kind = strcmp(ch, b->channels[0]) == 0   ? LQ_BUS_OURS
-                          : strcmp(ch, b->channels[1]) == 0 ? LQ_BUS_PARSE_SAVE
-                                                            : LQ_BUS_PARSE_DELETE;
+    lq_bus_channel kind = LQ_BUS_OURS;
+    for (int i = 0; i < NCHANNELS; i++)
+        if (strcmp(ch, b->channels[i]) == 0)
+            kind = (lq_bus_channel)i;
     const char *reason = NULL;
     lq_change *ev = lq_bus_parse(kind, rep->element[2]->str, rep->element[2]->len, &reason);
     if (ev == NULL) {
@@ -437,6 +603,12 @@ static int handle_reply(lq_bus *b, redisReply *rep)
                 rep->element[2]->len);
         return 0;
     }
+    if (ev->op == LQ_CHANGE_SCHEMA) {
+        clp_note(b, ev->class_name);
+        return enqueue(b, ev);
+    }
+    if (ev->op == LQ_CHANGE_CLEAR_CACHE)
+        return enqueue(b, ev);
     if (kind == LQ_BUS_OURS && (ev->seq > 0 || ev->op == LQ_CHANGE_RESYNC))
         return sequence(b, ev);
     LQ_METRIC_INC(events_in);
@@ -458,8 +630,8 @@ static void session(lq_bus *b, redisContext *c)
     int64_t last_rx = now_ms();
     int ping_out = 0;
 
-    if (redisAppendCommand(c, "SUBSCRIBE %s %s %s", b->channels[0], b->channels[1],
-                           b->channels[2]) != REDIS_OK ||
+    if (redisAppendCommand(c, "SUBSCRIBE %s %s %s %s", b->channels[0], b->channels[1],
+                           b->channels[2], b->channels[3]) != REDIS_OK ||
         flush(c))
         return;
     while (!atomic_load(&b->stopping)) {
@@ -553,6 +725,7 @@ lq_bus *lq_bus_new(const lq_config *cfg, lq_bus_notify_fn notify, void *ud)
     b->channels[0] = format(cfg->channel_prefix, cfg->app_id, ":changes");
     b->channels[1] = format("", cfg->app_id, "afterSave");
     b->channels[2] = format("", cfg->app_id, "afterDelete");
+    b->channels[3] = format("", cfg->app_id, "clearCache");
     b->key_base = format(cfg->channel_prefix, cfg->app_id, ":");
     pthread_mutex_init(&b->lock, NULL);
     pthread_cond_init(&b->drained, NULL);
@@ -595,7 +768,7 @@ void lq_bus_free(lq_bus *b)
         next = ev->next;
         lq_change_free(ev);
     }
-    for (int i = 0; i < 3; i++)
+    for (int i = 0; i < NCHANNELS; i++)
         free(b->channels[i]);
     free(b->key_base);
     cmd_drop(b);
@@ -604,6 +777,12 @@ void lq_bus_free(lq_bus *b)
     {
         HASH_DEL(b->seqs, st);
         free(st);
+    }
+    clp_known *k, *ktmp;
+    HASH_ITER(hh, b->clps, k, ktmp)
+    {
+        HASH_DEL(b->clps, k);
+        free(k);
     }
     if (b->stop_pipe[0] >= 0) {
         close(b->stop_pipe[0]);

@@ -64,6 +64,44 @@ static const char PUBLISH_LUA[] =
     "redis.call('HSET', KEYS[2], 'seq', seq, 'token', token)\n"
     "return seq\n";
 
+/* The class-level permissions gateways enforce (protocol/bus.md "schema"):
+ * KEYS: lease, <p>schema.  ARGV: owner, mode, ts, channel, then (className,
+ * CLP as compact JSON or "null", message) triples. For each class whose
+ * field differs (absent = "null"): HSET, and PUBLISH its message when the
+ * value changes. Mode "full" (the first load of a leadership term) also
+ * removes the fields of classes not given, publishing clp null for those
+ * that had one. Returns the number of messages published. */
+static const char SCHEMA_LUA[] =
+    "if redis.call('GET', KEYS[1]) ~= ARGV[1] then return redis.error_reply('NOTLEADER lease not held') end\n"
+    "local n = 0\n"
+    "local seen = {}\n"
+    "for i = 5, #ARGV, 3 do\n"
+    "  local c, v = ARGV[i], ARGV[i + 1]\n"
+    "  seen[c] = true\n"
+    "  local old = redis.call('HGET', KEYS[2], c)\n"
+    "  if old ~= v then\n"
+    "    redis.call('HSET', KEYS[2], c, v)\n"
+    "    if (old or 'null') ~= v then\n"
+    "      redis.call('PUBLISH', ARGV[4], ARGV[i + 2])\n"
+    "      n = n + 1\n"
+    "    end\n"
+    "  end\n"
+    "end\n"
+    "if ARGV[2] == 'full' then\n"
+    "  for _, c in ipairs(redis.call('HKEYS', KEYS[2])) do\n"
+    "    if not seen[c] then\n"
+    "      local old = redis.call('HGET', KEYS[2], c)\n"
+    "      redis.call('HDEL', KEYS[2], c)\n"
+    "      if old ~= 'null' then\n"
+    "        redis.call('PUBLISH', ARGV[4], '{\"v\":1,\"className\":' .. cjson.encode(c) ..\n"
+    "                    ',\"op\":\"schema\",\"clp\":null,\"ts\":' .. ARGV[3] .. '}')\n"
+    "        n = n + 1\n"
+    "      end\n"
+    "    end\n"
+    "  end\n"
+    "end\n"
+    "return n\n";
+
 static const char RENEW_LUA[] =
     "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end\n"
     "return 0\n";
@@ -83,7 +121,7 @@ typedef struct stream_ctx {
     lq_tailer *t;
     char class_name[LQ_CLASS_NAME_MAX + 1];
     char *collection;
-    int is_schema; /* the _SCHEMA watcher: reloads the schema, publishes nothing */
+    int is_schema; /* the _SCHEMA watcher: reloads the schema, publishes the CLPs (no seq) */
     int master_only; /* _Session, _Installation, ...: stored without ACL, never public */
     int has_preimages; /* seen a pre-image this term: no last-seen cache */
     pthread_t thread;
@@ -125,13 +163,20 @@ typedef struct pending {
     size_t len;
 } pending;
 
+/* A class's CLP as published (compact JSON text, "null": none). */
+typedef struct clp_entry {
+    UT_hash_handle hh;
+    char *text;
+    char name[];
+} clp_entry;
+
 struct lq_tailer {
     const lq_config *cfg;
     mongoc_uri_t *uri;
     mongoc_client_pool_t *pool;
     const char *db;
     char id[160];
-    char *lease_key, *channel;
+    char *lease_key, *channel, *schema_key;
     lq_parsedoc_opts conv;
 
     atomic_int stopping;
@@ -147,6 +192,10 @@ struct lq_tailer {
     pthread_mutex_t schema_lock;
     lq_schema *schema;
     int schema_generation; /* leadership generation the schema was loaded in */
+
+    /* _SCHEMA watcher thread only: the CLPs published in this term */
+    clp_entry *clps;
+    int clp_generation; /* leadership generation clps was published in (0: none) */
 };
 
 static int64_t now_ms(void)
@@ -590,9 +639,149 @@ static lq_schema *schema_get(lq_tailer *t)
     return s;
 }
 
-/* Reads the whole _SCHEMA collection and swaps it in. LQ_OK or LQ_ERR. */
-static int schema_reload(lq_tailer *t, mongoc_client_t *client, int generation)
+static void clp_entry_free(clp_entry *e)
 {
+    free(e->text);
+    free(e);
+}
+
+static void clps_free(clp_entry **set)
+{
+    clp_entry *e, *tmp;
+    HASH_ITER(hh, *set, e, tmp)
+    {
+        HASH_DEL(*set, e);
+        clp_entry_free(e);
+    }
+}
+
+static clp_entry *clps_put(clp_entry **set, const char *name, char *text /* taken */)
+{
+    size_t n = strlen(name);
+    clp_entry *e;
+    HASH_FIND(hh, *set, name, n, e);
+    if (e) {
+        free(e->text);
+    } else {
+        e = lq_xcalloc(1, sizeof(*e) + n + 1);
+        memcpy(e->name, name, n + 1);
+        HASH_ADD_KEYPTR(hh, *set, e->name, n, e);
+    }
+    e->text = text;
+    return e;
+}
+
+/* Appends one class's (className, CLP text, message) to the script's args. */
+static void clp_args(lq_buf *args, size_t *offs, size_t *n, const char *name, const char *text, int64_t ts)
+{
+    char num[32];
+    offs[(*n)++] = args->len;
+    lq_buf_append(args, name, strlen(name) + 1);
+    offs[(*n)++] = args->len;
+    lq_buf_append(args, text, strlen(text) + 1);
+    offs[(*n)++] = args->len;
+    lq_buf_puts(args, "{\"v\":1,\"className\":");
+    lq_buf_json_string(args, name, strlen(name));
+    lq_buf_puts(args, ",\"op\":\"schema\",\"clp\":");
+    lq_buf_puts(args, text);
+    snprintf(num, sizeof(num), ",\"ts\":%lld}", (long long)ts);
+    lq_buf_append(args, num, strlen(num) + 1);
+}
+
+/* Publishes the CLPs of a freshly loaded schema (protocol/bus.md "schema"):
+ * fresh maps each class of _SCHEMA to its CLP text. The first load of a term
+ * writes the whole <p>schema hash; later ones only the classes whose CLP
+ * changed since (a class gone from _SCHEMA becomes "null"). On LQ_OK the
+ * published set becomes fresh (taken); on LQ_ERR nothing changed here and
+ * the caller reloads after a backoff, which tries again. */
+static int clps_publish(stream_ctx *s, clp_entry **fresh, int generation)
+{
+    lq_tailer *t = s->t;
+    int full = t->clp_generation != generation;
+    int64_t ts = wall_ms();
+    clp_entry *e, *tmp, *old;
+    size_t count = HASH_COUNT(*fresh) + HASH_COUNT(t->clps);
+    size_t *offs = lq_xcalloc(3 * count + 8, sizeof(*offs));
+    size_t nargs = 0;
+    lq_buf args;
+    int rc = LQ_OK;
+
+    lq_buf_init(&args);
+    HASH_ITER(hh, *fresh, e, tmp)
+    {
+        HASH_FIND_STR(t->clps, e->name, old);
+        if (full || strcmp(old ? old->text : "null", e->text) != 0)
+            clp_args(&args, offs, &nargs, e->name, e->text, ts);
+    }
+    if (!full) {
+        HASH_ITER(hh, t->clps, old, tmp)
+        {
+            HASH_FIND_STR(*fresh, old->name, e);
+            if (e == NULL && strcmp(old->text, "null") != 0)
+                clp_args(&args, offs, &nargs, old->name, "null", ts);
+        }
+    }
+    if (full || nargs > 0) {
+        char tsbuf[24];
+        snprintf(tsbuf, sizeof(tsbuf), "%lld", (long long)ts);
+        size_t argc = 9 + nargs;
+        const char **argv = lq_xcalloc(argc, sizeof(*argv));
+        size_t *lens = lq_xcalloc(argc, sizeof(*lens));
+        const char *head[] = {"EVAL", SCHEMA_LUA, "2", t->lease_key, t->schema_key, t->id,
+                              full ? "full" : "changes", tsbuf, t->channel};
+        for (size_t i = 0; i < 9; i++)
+            argv[i] = head[i];
+        for (size_t i = 0; i < nargs; i++)
+            argv[9 + i] = args.data + offs[i];
+        for (size_t i = 0; i < argc; i++)
+            lens[i] = strlen(argv[i]);
+        if (s->redis == NULL)
+            s->redis = redis_open(t, NULL);
+        redisReply *r = s->redis ? redisCommandArgv(s->redis, (int)argc, argv, lens) : NULL;
+        if (r && r->type == REDIS_REPLY_INTEGER) {
+            LQ_METRIC_ADD(tailer_schema_published, (uint64_t)r->integer);
+            LQ_INFO("tailer published the class-level permissions", "mode=%s classes=%zu messages=%lld",
+                    full ? "full" : "changes", nargs / 3, (long long)r->integer);
+        } else if (r && r->type == REDIS_REPLY_ERROR && strncmp(r->str, "NOTLEADER", 9) == 0) {
+            if (atomic_exchange(&t->leader, 0)) {
+                LQ_METRIC_INC(tailer_lease_lost);
+                LQ_METRIC_SET(tailer_leader, 0);
+                LQ_WARN("tailer lease lost: publishing stopped", "class=%s", "_SCHEMA");
+            }
+            rc = LQ_ERR;
+        } else {
+            LQ_WARN("tailer cannot publish the class-level permissions; retrying", "error=\"%s\"",
+                    r && r->type == REDIS_REPLY_ERROR ? r->str
+                    : s->redis && s->redis->err    ? s->redis->errstr
+                                                   : "redis unreachable");
+            LQ_METRIC_INC(tailer_publish_retries);
+            rc = LQ_ERR;
+        }
+        if (r)
+            freeReplyObject(r);
+        if (r == NULL && s->redis) {
+            redisFree(s->redis);
+            s->redis = NULL;
+        }
+        free(argv);
+        free(lens);
+    }
+    if (rc == LQ_OK) {
+        clps_free(&t->clps);
+        t->clps = *fresh;
+        *fresh = NULL;
+        t->clp_generation = generation;
+    }
+    lq_buf_release(&args);
+    free(offs);
+    return rc;
+}
+
+/* Reads the whole _SCHEMA collection and swaps it in, then publishes the
+ * class-level permissions that changed. LQ_OK or LQ_ERR. */
+static int schema_reload(stream_ctx *sc, mongoc_client_t *client, int generation)
+{
+    lq_tailer *t = sc->t;
     char *name = concat(t->cfg->collection_prefix, "_SCHEMA", "");
     mongoc_collection_t *coll = mongoc_client_get_collection(client, t->db, name);
     bson_t filter = BSON_INITIALIZER;
@@ -600,18 +789,37 @@ static int schema_reload(lq_tailer *t, mongoc_client_t *client, int generation)
     lq_schema *s = lq_schema_new();
     const bson_t *doc;
     bson_error_t error;
+    clp_entry *fresh = NULL, *e, *tmp;
     int rc = LQ_OK;
 
     while (mongoc_cursor_next(cur, &doc)) {
         lq_error err;
-        if (lq_schema_add(s, doc, &err) != LQ_OK)
+        bson_iter_t it;
+        if (lq_schema_add(s, doc, &err) != LQ_OK) {
             LQ_WARN("tailer skips a _SCHEMA document", "reason=\"%s\"", err.text);
+            continue;
+        }
+        if (bson_iter_init_find(&it, doc, "_id") && BSON_ITER_HOLDS_UTF8(&it)) {
+            const char *cls = bson_iter_utf8(&it, NULL);
+            if (lq_class_name_valid(cls))
+                clps_put(&fresh, cls, NULL); /* the text once the schema is complete */
+            else
+                LQ_WARN("tailer does not publish the CLP of a _SCHEMA class with an invalid name",
+                        "class=\"%s\"", cls);
+        }
     }
     if (mongoc_cursor_error(cur, &error)) {
         LQ_WARN("tailer cannot read _SCHEMA", "error=\"%s\"", error.message);
         lq_schema_unref(s);
         rc = LQ_ERR;
     } else {
+        HASH_ITER(hh, fresh, e, tmp)
+        {
+            const json_t *clp = lq_schema_clp(lq_schema_class(s, e->name));
+            char *text = clp ? json_dumps(clp, JSON_COMPACT) : NULL;
+            e->text = lq_xstrdup(text ? text : "null");
+            free(text);
+        }
         pthread_mutex_lock(&t->schema_lock);
         lq_schema_unref(t->schema);
         t->schema = s;
@@ -619,7 +827,9 @@ static int schema_reload(lq_tailer *t, mongoc_client_t *client, int generation)
         pthread_mutex_unlock(&t->schema_lock);
         LQ_METRIC_INC(tailer_schema_loads);
         LQ_INFO("tailer loaded the schema", "classes=%zu", lq_schema_count(s));
+        rc = clps_publish(sc, &fresh, generation);
     }
+    clps_free(&fresh);
     mongoc_cursor_destroy(cur);
     mongoc_collection_destroy(coll);
     bson_destroy(&filter);
@@ -1129,7 +1339,7 @@ static void schema_term(stream_ctx *s, int generation)
         mongoc_change_stream_t *cs = open_stream(s, client, NULL);
         const bson_t *doc, *reply;
         bson_error_t error;
-        int failed = schema_reload(t, client, generation) != LQ_OK;
+        int failed = schema_reload(s, client, generation) != LQ_OK;
 
         while (!failed && !atomic_load(&t->stopping) && atomic_load(&t->leader) &&
                atomic_load(&t->generation) == generation) {
@@ -1137,7 +1347,7 @@ static void schema_term(stream_ctx *s, int generation)
                 /* drain what is already there, then reload once */
                 while (mongoc_change_stream_next(cs, &doc))
                     ;
-                if (schema_reload(t, client, generation) != LQ_OK)
+                if (schema_reload(s, client, generation) != LQ_OK)
                     failed = 1;
                 backoff = BACKOFF_MIN_MS;
             } else if (mongoc_change_stream_error_document(cs, &error, &reply)) {
@@ -1286,6 +1496,31 @@ static void mongoc_start(void)
     mongoc_log_set_handler(route_mongoc_log, NULL);
 }
 
+/* Watched whenever the tailer runs, --classes or not: gateways invalidate
+ * their session and role caches from these (auth.h); _User for deleted users. */
+static const char *const AUTH_CLASSES[] = {"_Session", "_User", "_Role", "_Join:users:_Role", "_Join:roles:_Role"};
+
+/* Adds a class stream for name[0..len), unless it is there already. */
+static void add_class(lq_tailer *t, const char *name, size_t len)
+{
+    for (size_t i = 0; i < t->nstreams; i++)
+        if (strlen(t->streams[i].class_name) == len && memcmp(t->streams[i].class_name, name, len) == 0)
+            return;
+    stream_ctx *s = &t->streams[t->nstreams++];
+    s->t = t;
+    memcpy(s->class_name, name, len);
+    s->class_name[len] = '\0';
+    /* classes stored without an ACL of their own (_Session, _Installation,
+     * _Join:…) go to master-key subscribers only; _User and _Role keep theirs */
+    s->master_only = s->class_name[0] == '_' && strcmp(s->class_name, "_User") != 0 &&
+                     strcmp(s->class_name, "_Role") != 0;
+    s->collection = concat(t->cfg->collection_prefix, s->class_name, "");
+    char *base = concat(t->cfg->channel_prefix, t->cfg->app_id, ":");
+    s->state_key = concat(base, "tailer:", s->class_name);
+    s->stream_key = concat(base, "stream:", s->class_name);
+    free(base);
+}
+
 lq_tailer *lq_tailer_new(const lq_config *cfg)
 {
     bson_error_t error;
@@ -1329,10 +1564,11 @@ lq_tailer *lq_tailer_new(const lq_config *cfg)
     }
     t->lease_key = concat(cfg->channel_prefix, cfg->app_id, ":tailer:lease");
     t->channel = concat(cfg->channel_prefix, cfg->app_id, ":changes");
+    t->schema_key = concat(cfg->channel_prefix, cfg->app_id, ":schema");
     t->conv.files_url_prefix = cfg->files_url_prefix;
 
-    /* the classes, then the _SCHEMA watcher */
-    size_t n = 1;
+    /* the classes, the auth collections, then the _SCHEMA watcher */
+    size_t n = 1 + sizeof(AUTH_CLASSES) / sizeof(AUTH_CLASSES[0]);
     for (const char *p = cfg->classes; *p; p++)
         n += *p == ',';
     t->streams = lq_xcalloc(n + 1, sizeof(*t->streams));
@@ -1344,23 +1580,14 @@ lq_tailer *lq_tailer_new(const lq_config *cfg)
     const char *p = cfg->classes;
     while (*p) {
         size_t len = strcspn(p, ",");
-        if (len > 0 && len <= LQ_CLASS_NAME_MAX) {
-            stream_ctx *s = &t->streams[t->nstreams++];
-            s->t = t;
-            memcpy(s->class_name, p, len);
-            s->class_name[len] = '\0';
-            s->master_only = s->class_name[0] == '_' && strcmp(s->class_name, "_User") != 0 &&
-                             strcmp(s->class_name, "_Role") != 0;
-            s->collection = concat(cfg->collection_prefix, s->class_name, "");
-            char *base = concat(cfg->channel_prefix, cfg->app_id, ":");
-            s->state_key = concat(base, "tailer:", s->class_name);
-            s->stream_key = concat(base, "stream:", s->class_name);
-            free(base);
-        }
+        if (len > 0 && len <= LQ_CLASS_NAME_MAX)
+            add_class(t, p, len);
         p += len;
         if (*p == ',')
             p++;
     }
+    for (size_t i = 0; i < sizeof(AUTH_CLASSES) / sizeof(AUTH_CLASSES[0]); i++)
+        add_class(t, AUTH_CLASSES[i], strlen(AUTH_CLASSES[i]));
     stream_ctx *sc = &t->streams[t->nstreams++];
     sc->t = t;
     sc->is_schema = 1;
@@ -1376,7 +1603,7 @@ lq_tailer *lq_tailer_new(const lq_config *cfg)
 
 int lq_tailer_start(lq_tailer *t)
 {
-    LQ_INFO("tailer starting", "id=%s db=%s classes=%s fullDocument=%s lease_ttl_ms=%d stream_max_len=%zu",
+    LQ_INFO("tailer starting", "id=%s db=%s classes=%s auth_classes=_Session,_Role,_Join:users:_Role,_Join:roles:_Role fullDocument=%s lease_ttl_ms=%d stream_max_len=%zu",
             t->id, t->db, t->cfg->classes, t->cfg->full_document, t->cfg->lease_ttl_ms,
             t->cfg->stream_max_len);
     if (pthread_create(&t->lease_thread, NULL, lease_main, t) != 0)
@@ -1453,6 +1680,8 @@ void lq_tailer_free(lq_tailer *t)
     lq_schema_unref(t->schema);
     free(t->lease_key);
     free(t->channel);
+    free(t->schema_key);
+    clps_free(&t->clps);
     if (t->stop_pipe[0] >= 0) {
         close(t->stop_pipe[0]);
         close(t->stop_pipe[1]);

@@ -1,9 +1,15 @@
 /*
  * bus.h - the Redis side of a gateway: one subscriber connection, on a thread
  * of its own, that takes change messages from our channel and from Parse
- * Server's afterSave/afterDelete channels (protocol/bus.md), parses and
+ * Server's afterSave/afterDelete/clearCache channels (protocol/bus.md), parses and
  * validates them there, and hands finished lq_change records to the lws
  * service thread through a locked queue.
+ *
+ * Besides object changes it hands over: class-level permissions (op
+ * `schema` on our channel -> LQ_CHANGE_SCHEMA; after every (re)subscribe one
+ * LQ_CHANGE_SCHEMA per class of the `<p>schema` hash, before any catch-up
+ * event), the CLP Parse Server attaches to afterSave/afterDelete (clp,
+ * has_clp), and Parse Server's `<appId>clearCache` (LQ_CHANGE_CLEAR_CACHE).
  *
  * Why a thread: hiredis 0.14.1 has no async timeouts and no reconnect, and
  * parsing JSON off the service thread leaves that thread to matching and
@@ -33,6 +39,7 @@ typedef enum lq_bus_channel {
     LQ_BUS_OURS = 0,          /* <prefix><appId>:changes */
     LQ_BUS_PARSE_SAVE = 1,    /* <appId>afterSave */
     LQ_BUS_PARSE_DELETE = 2,  /* <appId>afterDelete */
+    LQ_BUS_PARSE_CLEAR_CACHE = 3, /* <appId>clearCache */
 } lq_bus_channel;
 
 /* Returns a new, stopped bus for cfg (borrowed; must outlive the bus).
@@ -54,6 +61,13 @@ lq_change *lq_bus_take(lq_bus *b);
 
 /* 1 while subscribed to Redis. Any thread. */
 int lq_bus_connected(const lq_bus *b);
+
+/* 1 when name may be the className of a message on our channel: a Parse
+ * class name (lq_class_name_valid), or `_Join:<field>:<Class>` (the join
+ * collections behind relations and roles) where field and Class each are
+ * Parse class names; at most LQ_CLASS_NAME_MAX bytes in all. Clients can
+ * never subscribe to `_Join:` classes (lq_class_name_valid refuses them). */
+int lq_bus_class_name_valid(const char *name);
 
 /* Parses one message of the given channel kind. Returns a new change, or
  * NULL with *reason set to a static description of what is wrong. */

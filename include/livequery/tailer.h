@@ -5,13 +5,26 @@
  * One thread holds or waits for the Redis lease (SET NX PX, renewed every
  * ttl/5). While this process holds it, one thread per watched class runs one
  * change stream on its collection (never one per subscription) and one more
- * watches `_SCHEMA` and reloads the field types when it changes. Each class's
+ * watches `_SCHEMA` and reloads the field types when it changes. The watched
+ * classes are --classes plus, always, the auth collections `_Session`,
+ * `_User`, `_Role`, `_Join:users:_Role` and `_Join:roles:_Role` (each once),
+ * whose events let gateways invalidate their session and role caches
+ * (auth.h); they are published master-only (`"ACL":{}`), except `_Role` and
+ * `_User`, which keep their ACL. Each class's
  * reader converts its events to REST JSON text (parsedoc.h) and queues them to
  * the class's publisher thread, which publishes a batch with one Lua script
  * call that, atomically, checks the lease is still ours and the per-class seq
  * is the one we expect, appends each event to the class's capped stream and
  * PUBLISHes it, and stores the last resume token. A crash leaves the stored
  * token exactly at the last published event; the token is never ahead of it.
+ *
+ * Class-level permissions: at every (re)load of `_SCHEMA` while the lease is
+ * held, the `_metadata.class_permissions` of each class that changed since
+ * the last publication (compact JSON text; no CLP or a class gone = "null")
+ * is written to the `<p>schema` hash and PUBLISHed as an op `schema`
+ * message (no seq), both by one lease-checked script call; the first load
+ * of a term writes the whole hash (fields of classes no longer in `_SCHEMA`
+ * removed). A failed publication is retried by reloading after a backoff.
  *
  * Failures: a stream that fails is re-opened from the stored token with
  * backoff (100 ms .. 5 s). History lost (286) or `invalidate` starts a new
