@@ -47,6 +47,7 @@
 #include "livequery/json.h"
 #include "livequery/jsonout.h"
 #include "livequery/log.h"
+#include "livequery/mongoconn.h"
 #include "livequery/metrics.h"
 
 #define JOB_QUEUE_MAX 65536   /* queued lookups; beyond, a lookup ends UNAVAILABLE */
@@ -1068,24 +1069,6 @@ static void apply_result(lq_auth *a, job *j, int64_t now)
 
 /*---- public API --------------------------------------------------------------------*/
 
-static void route_mongoc_log(mongoc_log_level_t level, const char *domain, const char *message, void *ud)
-{
-    (void)ud;
-    if (level <= MONGOC_LOG_LEVEL_CRITICAL)
-        LQ_ERROR("libmongoc", "domain=%s message=\"%s\"", domain, message);
-    else if (level == MONGOC_LOG_LEVEL_WARNING)
-        LQ_WARN("libmongoc", "domain=%s message=\"%s\"", domain, message);
-    else if (level <= MONGOC_LOG_LEVEL_INFO)
-        LQ_DEBUG("libmongoc", "domain=%s message=\"%s\"", domain, message);
-}
-
-static pthread_once_t mongoc_once = PTHREAD_ONCE_INIT;
-static void mongoc_start(void)
-{
-    mongoc_init();
-    mongoc_log_set_handler(route_mongoc_log, NULL);
-}
-
 lq_auth *lq_auth_new(const lq_config *cfg, lq_auth_wake_fn wake, void *wake_ud)
 {
     lq_auth *a = lq_xcalloc(1, sizeof(*a));
@@ -1108,7 +1091,7 @@ int lq_auth_start(lq_auth *a)
     const lq_config *cfg = a->cfg;
     if (!a->has_mongo || a->started)
         return LQ_OK;
-    pthread_once(&mongoc_once, mongoc_start);
+    lq_mongo_init();
     a->uri = mongoc_uri_new_with_error(cfg->mongodb_uri, &error);
     if (a->uri == NULL) {
         LQ_ERROR("invalid --mongodb-uri", "error=\"%s\"", error.message);

@@ -21,6 +21,7 @@
 #include "livequery/event.h"
 #include "livequery/jsonout.h"
 #include "livequery/log.h"
+#include "livequery/mongoconn.h"
 #include "livequery/metrics.h"
 #include "livequery/parsedoc.h"
 #include "livequery/redisconn.h"
@@ -1478,24 +1479,6 @@ static void *lease_main(void *arg)
 
 /*---- lifetime --------------------------------------------------------------------*/
 
-static void route_mongoc_log(mongoc_log_level_t level, const char *domain, const char *message, void *ud)
-{
-    (void)ud;
-    if (level <= MONGOC_LOG_LEVEL_CRITICAL)
-        LQ_ERROR("libmongoc", "domain=%s message=\"%s\"", domain, message);
-    else if (level == MONGOC_LOG_LEVEL_WARNING)
-        LQ_WARN("libmongoc", "domain=%s message=\"%s\"", domain, message);
-    else if (level <= MONGOC_LOG_LEVEL_INFO)
-        LQ_DEBUG("libmongoc", "domain=%s message=\"%s\"", domain, message);
-}
-
-static pthread_once_t mongoc_once = PTHREAD_ONCE_INIT;
-static void mongoc_start(void)
-{
-    mongoc_init();
-    mongoc_log_set_handler(route_mongoc_log, NULL);
-}
-
 /* Watched whenever the tailer runs, --classes or not: gateways invalidate
  * their session and role caches from these (auth.h); _User for deleted users. */
 static const char *const AUTH_CLASSES[] = {"_Session", "_User", "_Role", "_Join:users:_Role", "_Join:roles:_Role"};
@@ -1526,7 +1509,7 @@ lq_tailer *lq_tailer_new(const lq_config *cfg)
     bson_error_t error;
     lq_tailer *t;
 
-    pthread_once(&mongoc_once, mongoc_start);
+    lq_mongo_init();
     t = lq_xcalloc(1, sizeof(*t));
     t->cfg = cfg;
     t->stop_pipe[0] = t->stop_pipe[1] = -1;
