@@ -9,7 +9,7 @@
 #   LQ_BENCH_SERVER_CPU=0     core livequeryd is pinned to
 #   LQ_BENCH_CLIENT_CPU=1     core lq_bench and redis-server are pinned to
 #   LQ_BENCH_OUT=path.md      where to write the results (default bench/results/<date>.md)
-#   LQ_BENCH_ONLY=name        run one scenario: b1k | b1k-15k | b10k | s10k | s10k-conns | b1k-lws
+#   LQ_BENCH_ONLY=name        run one scenario: b1k | b1k-15k | b10k | s10k | s10k-conns | b1k-lws | acl
 #   LQ_BENCH_LOOPS="uv poll"  livequeryd --event-loop values; every scenario runs once per loop
 #                             (the first is the default one the Parse comparison uses)
 #
@@ -69,7 +69,7 @@ free_port() {
 echo "== building (Release) in $BUILD" >&2
 cmake -S "$ROOT" -B "$BUILD" -DCMAKE_BUILD_TYPE=Release -DBUILD_TESTING=OFF >"$WORK/cmake.log" 2>&1 \
     || { cat "$WORK/cmake.log" >&2; exit 2; }
-cmake --build "$BUILD" -j"$(nproc)" --target livequeryd lq_bench >>"$WORK/cmake.log" 2>&1 \
+cmake --build "$BUILD" -j"$(nproc)" --target livequeryd lq_bench acl_bench >>"$WORK/cmake.log" 2>&1 \
     || { cat "$WORK/cmake.log" >&2; exit 2; }
 LIVEQUERYD="$BUILD/livequeryd"
 LQ_BENCH="$BUILD/bench/lq_bench"
@@ -288,6 +288,17 @@ print()
 print("Latency at full speed is mostly queueing (every event is published at once); "
       "compare latency only at a fixed rate. See bench/README.md.")
 PY
+
+# authorization cost per delivery (in process, no sockets; bench/acl_bench.c): the
+# public-only scenario against half the objects role-restricted, same run
+if [ -z "$ONLY" ] || [ "$ONLY" = acl ]; then
+    {
+        echo
+        echo "## Authorization per delivery (bench/acl_bench.c, in process, pinned to core $SERVER_CPU)"
+        echo
+        taskset -c "$SERVER_CPU" "$BUILD/bench/acl_bench" --subs 1000 --events 20000 --rounds 5
+    } >>"$OUT" || FAILED=1
+fi
 
 cat "$OUT"
 echo "== written to $OUT" >&2
