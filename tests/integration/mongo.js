@@ -87,7 +87,13 @@ async function tailerState(pub, className, appId = h.APP_ID) {
   return pub.client.hGetAll(`livequery:${appId}:tailer:${className}`);
 }
 
-/* Reads a gateway's /metrics into {name: value}. */
+/* Every metric include/livequery/metrics.h declares. */
+const DECLARED_METRICS = [...require('node:fs')
+  .readFileSync(require('node:path').join(__dirname, '..', '..', 'include', 'livequery', 'metrics.h'), 'utf8')
+  .matchAll(/^\s*X\((\w+),/gm)].map((m) => m[1]);
+
+/* Reads a gateway's /metrics into {name: value}; every declared metric must be
+ * there (a render buffer too small would cut the last ones off). */
 async function metrics(gw) {
   const res = await fetch(`http://127.0.0.1:${gw.port}/metrics`);
   const text = await res.text();
@@ -96,6 +102,8 @@ async function metrics(gw) {
     const m = /^livequery_(\w+) (-?[\d.]+)$/.exec(line);
     if (m) out[m[1]] = Number(m[2]);
   }
+  const missing = DECLARED_METRICS.filter((n) => !(n in out));
+  if (missing.length) throw new Error(`/metrics lacks ${missing.join(', ')}`);
   return out;
 }
 
