@@ -1586,7 +1586,7 @@ lq_tailer *lq_tailer_new(const lq_config *cfg)
 
 int lq_tailer_start(lq_tailer *t)
 {
-    LQ_INFO("tailer starting", "id=%s db=%s classes=%s auth_classes=_Session,_Role,_Join:users:_Role,_Join:roles:_Role fullDocument=%s lease_ttl_ms=%d stream_max_len=%zu",
+    LQ_INFO("tailer starting", "id=%s db=%s classes=%s auth_classes=_Session,_User,_Role,_Join:users:_Role,_Join:roles:_Role fullDocument=%s lease_ttl_ms=%d stream_max_len=%zu",
             t->id, t->db, t->cfg->classes, t->cfg->full_document, t->cfg->lease_ttl_ms,
             t->cfg->stream_max_len);
     if (pthread_create(&t->lease_thread, NULL, lease_main, t) != 0)
