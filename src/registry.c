@@ -814,6 +814,7 @@ typedef struct dispatch {
     size_t delivered;
     size_t withheld_acl, withheld_clp, hidden; /* metrics, added once per dispatch */
     int dynamic;       /* hidden fields depend on the object (userField tiers, _User) */
+    int internal;      /* _Session, _Join:…, _Installation, …: master-key subscribers only */
     acl_view acl[2];   /* [0] object, [1] original */
 } dispatch;
 
@@ -922,7 +923,9 @@ static void visit(dispatch *d, group *g)
         int read_cur = 1, read_orig = has_orig, shape;
         lq_event_type t;
 
-        if (!who->master) {
+        if (!who->master && d->internal) {
+            read_cur = read_orig = 0; /* whatever their ACL says (Parse Server stores none) */
+        } else if (!who->master) {
             acl_reads(d, who, &read_cur, &read_orig);
             if (s->verdict == LQ_CLP_POINTER) {
                 const char *const *pf = (const char *const *)s->ptr_fields;
@@ -1018,6 +1021,8 @@ size_t lq_registry_dispatch(lq_registry *r, const lq_change *ev, int64_t now_ms,
     dispatch_stamp++;
     d.clp = clp_find(r, ev->class_name);
     d.dynamic = (d.clp && d.clp->dynamic) || strcmp(ev->class_name, "_User") == 0;
+    d.internal = ev->class_name[0] == '_' && strcmp(ev->class_name, "_User") != 0 &&
+                 strcmp(ev->class_name, "_Role") != 0;
     acl_view_init(&d.acl[0], ev->object);
     acl_view_init(&d.acl[1], ev->original);
 

@@ -446,17 +446,26 @@ static void test_revoke_and_user(void)
     ASSERT_TRUE(strstr(other, "sessionToken") == NULL && strstr(other, "authData") == NULL &&
                 strstr(other, "a@x") == NULL && strstr(other, "ann") != NULL);
     reset();
+    /* _Session rows (Parse Server stores them without ACL) go to the master only */
+    int m;
+    lq_client *cm = lq_registry_client_new(r, &m, 1);
+    ASSERT_EQ(subscribe_as(r, ca, SUB(3, "_Session", "{}"), u1, &t1, &err), LQ_OK);
+    ASSERT_EQ(subscribe(r, cm, SUB(3, "_Session", "{}"), &err), LQ_OK);
+    ASSERT_EQ(publish(r, LQ_CHANGE_CREATE, "_Session", "{\"objectId\":\"s\",\"sessionToken\":\"r:x\",\"user\":{\"__type\":\"Pointer\",\"className\":\"_User\",\"objectId\":\"u1\"}}", NULL), 1);
+    ASSERT_TRUE(delivery_to(&m, 3) != NULL);
+    reset();
+    lq_registry_client_free(r, cm);
     lq_error_set(&err, 209, "Invalid session token");
-    ASSERT_EQ(lq_registry_revoke_tag(r, &t1, &err, on_revoke, NULL), 2);
-    ASSERT_EQ(nendings, 2);
-    ASSERT_TRUE(endings[0].conn == &a && endings[1].conn == &a && endings[0].code == 209);
-    ASSERT_EQ(released_tags, 2);
+    ASSERT_EQ(lq_registry_revoke_tag(r, &t1, &err, on_revoke, NULL), 3);
+    ASSERT_EQ(nendings, 3);
+    ASSERT_TRUE(endings[0].conn == &a && endings[2].conn == &a && endings[0].code == 209);
+    ASSERT_EQ(released_tags, 3);
     ASSERT_EQ(lq_registry_sub_count(r), 1);
     nendings = 0;
     lq_principals_unref(u1);
     lq_principals_unref(u2);
     lq_registry_free(r);
-    ASSERT_EQ(released_tags, 3);
+    ASSERT_EQ(released_tags, 4);
 }
 
 int main(int argc, char **argv)
