@@ -51,6 +51,8 @@
 #define DRAIN_MS 3000            /* at shutdown, how long clients get to take their close */
 #define MAX_PARKED 64            /* requests a connection may queue behind a session lookup */
 #define AUTH_TICK_MS 500         /* session expiry and revalidation are checked this often */
+#define TOKEN_MAX 512            /* longer session tokens are refused unlooked-up (Parse's are 34 bytes):
+                                    the cache holds up to --auth-cache-size of them */
 
 /* A request waiting for a session lookup, with the session it waits on. */
 typedef struct parked {
@@ -89,6 +91,7 @@ typedef struct conn {
     char *http_body;     /* GET /health, /metrics */
     size_t http_len;
     char *token;         /* the connect-level sessionToken, or NULL */
+    int bad_token;       /* the connect-level token was refused unlooked-up (too long) */
     lq_session *sess;    /* its session (a reference; looked up at connect), or NULL */
     parked *parked, *parked_tail; /* requests held back while the head waits for a session */
     int nparked;
@@ -493,7 +496,10 @@ static void on_connect(lq_gateway *gw, conn *c, const lq_request *req)
     c->token = NULL;
     session_drop(gw, c->sess);
     c->sess = NULL;
-    if (!master && req->session_token && req->session_token[0] && gw->auth) {
+    c->bad_token = 0;
+    if (!master && req->session_token && strlen(req->session_token) > TOKEN_MAX) {
+        c->bad_token = 1; /* refused at subscribe, like any invalid token */
+    } else if (!master && req->session_token && req->session_token[0] && gw->auth) {
         /* looked up now, so the first subscribe rarely waits; an invalid
          * token is accepted here (as Parse does) and refused at subscribe */
         c->token = lq_xstrdup(req->session_token);
@@ -534,6 +540,14 @@ static int on_subscribe(lq_gateway *gw, conn *c, const lq_request *req, lq_sessi
         lq_error_set(&err, LQ_PARSE_ERR_NO_CLIENT,
                      "Can not find this client, make sure you connect to server before subscribing");
         send_error(gw, c, &err, 1, 0, 0);
+        return 0;
+    }
+    if (!resumed && !lq_registry_client_is_master(c->client) &&
+        (req->session_token && req->session_token[0] ? strlen(req->session_token) > TOKEN_MAX
+                                                     : c->bad_token)) {
+        LQ_METRIC_INC(auth_tokens_invalid);
+        lq_error_set(&err, LQ_PARSE_ERR_INVALID_SESSION, "Invalid session token");
+        send_error(gw, c, &err, 0, 1, req->request_id);
         return 0;
     }
     if (!resumed)

@@ -74,6 +74,19 @@ h.test('a bad token is looked up once, however often it is sent; other clients c
   assert.equal((await good.event(1, 'sReq000002', 5000)).op, 'create', 'the good client still gets events');
 });
 
+h.test('a session token longer than 512 bytes is refused (209) without a lookup', async () => {
+  const st = await stackWithUser();
+  const before = await M.metrics(st.gw);
+  const c = await h.wsClient(st.url);
+  await c.connect({ sessionToken: `r:${'x'.repeat(600)}` });
+  assert.deepEqual(await A.trySubscribe(c, 1, CLS, {}), A.ERR.session(1), 'connect-level');
+  assert.deepEqual(await A.trySubscribe(c, 2, CLS, {}, { sessionToken: `r:${'y'.repeat(513)}` }), A.ERR.session(2));
+  assert.equal((await A.trySubscribe(c, 3, CLS, {}, { sessionToken: st.token })).op, 'subscribed',
+    'its own good token still works');
+  const m = await M.metrics(st.gw);
+  assert.equal(m.auth_lookups - before.auth_lookups, 1, 'only the good token was looked up');
+});
+
 h.test('more than 64 requests waiting on one lookup: the excess is refused (155), the rest answered', async () => {
   /* a MongoDB that never answers keeps the first lookup in flight */
   const redis = await h.startRedis();
