@@ -1345,9 +1345,10 @@ static void schema_term(stream_ctx *s, int generation)
         while (!failed && !atomic_load(&t->stopping) && atomic_load(&t->leader) &&
                atomic_load(&t->generation) == generation) {
             if (mongoc_change_stream_next(cs, &doc)) {
-                /* drain what is already there, then reload once */
-                while (mongoc_change_stream_next(cs, &doc))
-                    ;
+                /* reload at once: draining first would wait out a getMore's
+                 * maxAwaitTimeMS (1 s) when nothing more is there; _SCHEMA
+                 * changes are rare, and a reload that finds no CLP change
+                 * publishes nothing */
                 if (schema_reload(s, client, generation) != LQ_OK)
                     failed = 1;
                 backoff = BACKOFF_MIN_MS;
