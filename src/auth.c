@@ -42,6 +42,7 @@
 #include <string.h>
 #include <time.h>
 #include <uthash.h>
+#include <utlist.h>
 
 #include "livequery/error.h"
 #include "livequery/json.h"
@@ -62,7 +63,7 @@ typedef struct entry entry;
 typedef struct user user;
 
 typedef struct dlist {
-    entry *head, *tail;
+    entry *head;
 } dlist;
 
 struct entry {
@@ -234,19 +235,13 @@ static void update_gauge(const lq_auth *a)
 
 /*---- lists -------------------------------------------------------------------------*/
 
+/* Lists are utlist DL lists: head->prev is the tail. */
 static void dl_remove(entry *e)
 {
     dlist *l = e->on;
     if (l == NULL)
         return;
-    if (e->prev)
-        e->prev->next = e->next;
-    else
-        l->head = e->next;
-    if (e->next)
-        e->next->prev = e->prev;
-    else
-        l->tail = e->prev;
+    DL_DELETE(l->head, e);
     e->prev = e->next = NULL;
     e->on = NULL;
 }
@@ -254,14 +249,13 @@ static void dl_remove(entry *e)
 static void dl_push_head(dlist *l, entry *e)
 {
     dl_remove(e);
-    e->prev = NULL;
-    e->next = l->head;
-    if (l->head)
-        l->head->prev = e;
-    else
-        l->tail = e;
-    l->head = e;
+    DL_PREPEND(l->head, e);
     e->on = l;
+}
+
+static entry *dl_tail(const dlist *l)
+{
+    return l->head ? l->head->prev : NULL;
 }
 
 /*---- the race ring -----------------------------------------------------------------*/
@@ -778,11 +772,7 @@ static void user_free(lq_auth *a, user *u)
 static void link_user(entry *e, user *u)
 {
     e->u = u;
-    e->u_prev = NULL;
-    e->u_next = u->sessions;
-    if (u->sessions)
-        u->sessions->u_prev = e;
-    u->sessions = e;
+    DL_PREPEND2(u->sessions, e, u_prev, u_next);
     e->s.who = lq_principals_ref(u->p);
 }
 
@@ -791,12 +781,7 @@ static void unlink_user(lq_auth *a, entry *e)
     user *u = e->u;
     if (u == NULL)
         return;
-    if (e->u_prev)
-        e->u_prev->u_next = e->u_next;
-    else
-        u->sessions = e->u_next;
-    if (e->u_next)
-        e->u_next->u_prev = e->u_prev;
+    DL_DELETE2(u->sessions, e, u_prev, u_next);
     e->u = NULL;
     e->u_prev = e->u_next = NULL;
     lq_principals_unref(e->s.who);
@@ -1149,7 +1134,7 @@ static void free_list(lq_auth *a, dlist *l)
         entry_free(e);
         e = next;
     }
-    l->head = l->tail = NULL;
+    l->head = NULL;
 }
 
 static void free_jobs(job *j)
@@ -1208,9 +1193,9 @@ void lq_auth_free(lq_auth *a)
 /* Drops unreferenced entries past their TTL, and beyond the size bound. */
 static void sweep(lq_auth *a, int64_t now)
 {
-    while (a->lru.tail && (a->lru.tail->idle_since + a->ttl_ms <= now ||
+    while (dl_tail(&a->lru) && (dl_tail(&a->lru)->idle_since + a->ttl_ms <= now ||
                            HASH_COUNT(a->tokens) > (unsigned)a->cache_size))
-        detach(a, a->lru.tail);
+        detach(a, dl_tail(&a->lru));
 }
 
 lq_session *lq_auth_get(lq_auth *a, const char *token)
@@ -1395,8 +1380,8 @@ static void invalidate_all(lq_auth *a)
 {
     a->all = ++a->counter;
     a->roles_all = a->all;
-    while (a->lru.tail)
-        detach(a, a->lru.tail);
+    while (dl_tail(&a->lru))
+        detach(a, dl_tail(&a->lru));
     for (entry *e = a->inuse.head, *next; e; e = next) {
         next = e->next;
         if (e->s.state == LQ_SESSION_VALID) {
