@@ -76,8 +76,10 @@ h.test("Parse Server's clearCache: roles are re-read, live subscriptions follow"
   await A.addUserToRole(s.mongo, 'rStaffPS01', 'uBobPS0001');
   const before = await M.metrics(s.gw);
   await s.pub.client.publish(`${h.APP_ID}clearCache`, JSON.stringify({ userId: 'someoneElse' }));
-  await h.waitFor(async () => (await M.metrics(s.gw)).auth_role_loads > before.auth_role_loads,
-    { timeout: 5000, what: 'roles re-read after clearCache' });
+  /* auth_role_changes counts on the gateway's service thread once the new roles are in
+   * force (auth_role_loads counts on a lookup thread, before they are) */
+  await h.waitFor(async () => (await M.metrics(s.gw)).auth_role_changes > before.auth_role_changes,
+    { timeout: 5000, what: 'roles re-read and applied after clearCache' });
   await s.pub.parseAfterSave(h.APP_ID, { ...rest('bPS0000002', { n: 2 }, staffOnly), className: 'Board' });
   const ev = await bob.event(1, 'bPS0000002', 5000);
   assert.equal(ev.op, 'create');
