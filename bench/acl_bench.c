@@ -57,31 +57,32 @@ typedef struct scenario {
     size_t deliveries;
 } scenario;
 
+/* One state of stock log i: quantity qty, updated at second sec. */
+static json_t *stock_state(int i, int qty, int sec, const char *acl)
+{
+    char buf[1024];
+    json_error_t e;
+
+    snprintf(buf, sizeof(buf),
+             "{\"objectId\":\"bk%05d\",\"className\":\"BookStockLog\",\"isbn\":\"978-%d\","
+             "\"storeId\":\"s1\",\"quantityOnHand\":%d,\"costPrice\":12.5,"
+             "\"createdAt\":\"2026-11-23T23:29:42.277Z\",\"updatedAt\":\"2026-11-23T23:29:%02d.385Z\","
+             "\"ACL\":%s}",
+             i % 1000, i % 1000, qty, sec, acl);
+    return json_loads(buf, 0, &e);
+}
+
 static lq_change *make_events(int n, int restricted)
 {
     lq_change *ev = calloc((size_t)n, sizeof(*ev));
-    char buf[1024];
-    json_error_t e;
 
     for (int i = 0; i < n; i++) {
         const char *acl = restricted && (i & 1) ? "{\"role:staff\":{\"read\":true},\"u7\":{\"read\":true,\"write\":true}}"
                                                 : "{\"*\":{\"read\":true}}";
         strcpy(ev[i].class_name, "BookStockLog");
         ev[i].op = LQ_CHANGE_UPDATE;
-        snprintf(buf, sizeof(buf),
-                 "{\"objectId\":\"bk%05d\",\"className\":\"BookStockLog\",\"isbn\":\"978-%d\","
-                 "\"storeId\":\"s1\",\"quantityOnHand\":%d,\"costPrice\":12.5,"
-                 "\"createdAt\":\"2026-11-23T23:29:42.277Z\",\"updatedAt\":\"2026-11-23T23:29:43.385Z\","
-                 "\"ACL\":%s}",
-                 i % 1000, i % 1000, 10 + i % 50, acl);
-        ev[i].object = json_loads(buf, 0, &e);
-        snprintf(buf, sizeof(buf),
-                 "{\"objectId\":\"bk%05d\",\"className\":\"BookStockLog\",\"isbn\":\"978-%d\","
-                 "\"storeId\":\"s1\",\"quantityOnHand\":%d,\"costPrice\":12.5,"
-                 "\"createdAt\":\"2026-11-23T23:29:42.277Z\",\"updatedAt\":\"2026-11-23T23:29:42.277Z\","
-                 "\"ACL\":%s}",
-                 i % 1000, i % 1000, 9 + i % 50, acl);
-        ev[i].original = json_loads(buf, 0, &e);
+        ev[i].object = stock_state(i, 10 + i % 50, 43, acl);
+        ev[i].original = stock_state(i, 9 + i % 50, 42, acl);
     }
     return ev;
 }

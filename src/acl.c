@@ -604,18 +604,15 @@ static int where_uses(const char *const *hidden, const json_t *where, const char
     return 0;
 }
 
-int lq_protected_in_query(const char *const *hidden, const json_t *where, const json_t *watch,
-                          const char **field)
+int lq_protected_in_query(const char *const *hidden, const json_t *where,
+                          const char *const *watch, const char **field)
 {
     if (hidden == NULL || *hidden == NULL)
         return 0;
     if (json_is_object(where) && where_uses(hidden, where, field))
         return 1;
-    size_t n = json_array_size(watch);
-    for (size_t i = 0; i < n; i++) {
-        const char *w = json_string_value(json_array_get(watch, i));
-        if (w != NULL && hidden_field(hidden, w, field))
+    for (; watch && *watch; watch++)
+        if (hidden_field(hidden, *watch, field))
             return 1;
-    }
     return 0;
 }

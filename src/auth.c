@@ -593,6 +593,23 @@ static int find_one(lq_auth *a, mongoc_client_t *client, const char *coll_name, 
     return rc;
 }
 
+static void settle(job *j, int outcome, const char *why)
+{
+    j->outcome = outcome;
+    j->why = why;
+}
+
+/* Settles j from a find_one result when it found nothing (rc 0: invalid,
+ * `missing`) or failed (rc < 0: unavailable). 1 when a document was found. */
+static int found(job *j, int rc, const char *missing)
+{
+    if (rc < 0)
+        settle(j, R_UNAVAILABLE, "MongoDB unavailable");
+    else if (rc == 0)
+        settle(j, R_INVALID, missing);
+    return rc > 0;
+}
+
 static void run_session(lq_auth *a, mongoc_client_t *client, job *j)
 {
     bson_t filter, proj;
@@ -611,16 +628,8 @@ static void run_session(lq_auth *a, mongoc_client_t *client, job *j)
     rc = find_one(a, client, a->c_session, &filter, &proj, &doc);
     bson_destroy(&filter);
     bson_destroy(&proj);
-    if (rc < 0) {
-        j->outcome = R_UNAVAILABLE;
-        j->why = "MongoDB unavailable";
+    if (!found(j, rc, "not found"))
         return;
-    }
-    if (rc == 0) {
-        j->outcome = R_INVALID;
-        j->why = "not found";
-        return;
-    }
     if (bson_iter_init_find(&it, doc, "_id"))
         j->sid = id_text(&it);
     if (bson_iter_init_find(&it, doc, "_p_user") && BSON_ITER_HOLDS_UTF8(&it)) {
@@ -633,13 +642,11 @@ static void run_session(lq_auth *a, mongoc_client_t *client, job *j)
         j->expires_ms = date_field(doc, "_expiresAt");
     bson_destroy(doc);
     if (j->uid == NULL) {
-        j->outcome = R_INVALID;
-        j->why = "no user";
+        settle(j, R_INVALID, "no user");
         return;
     }
     if (j->expires_ms != 0 && j->expires_ms <= wall_ms()) {
-        j->outcome = R_INVALID;
-        j->why = "expired";
+        settle(j, R_INVALID, "expired");
         return;
     }
     bson_init(&filter);
@@ -651,19 +658,10 @@ static void run_session(lq_auth *a, mongoc_client_t *client, job *j)
     bson_destroy(&proj);
     if (doc)
         bson_destroy(doc);
-    if (rc < 0) {
-        j->outcome = R_UNAVAILABLE;
-        j->why = "MongoDB unavailable";
+    if (!found(j, rc, "user missing"))
         return;
-    }
-    if (rc == 0) {
-        j->outcome = R_INVALID;
-        j->why = "user missing";
-        return;
-    }
     if (load_roles(a, client, j->uid, j) < 0) {
-        j->outcome = R_UNAVAILABLE;
-        j->why = "MongoDB unavailable";
+        settle(j, R_UNAVAILABLE, "MongoDB unavailable");
         return;
     }
     j->outcome = R_VALID;
@@ -691,8 +689,7 @@ static void *worker_main(void *arg)
         if (j->kind == JOB_SESSION) {
             run_session(a, client, j);
         } else if (load_roles(a, client, j->key, j) < 0) {
-            j->outcome = R_UNAVAILABLE;
-            j->why = "MongoDB unavailable";
+            settle(j, R_UNAVAILABLE, "MongoDB unavailable");
         } else {
             j->outcome = R_VALID;
         }
@@ -888,8 +885,7 @@ static void start_lookup(lq_auth *a, entry *e)
     j->kind = JOB_SESSION;
     j->seq = e->job_seq = ++a->seq;
     j->key = lq_xstrdup(e->token);
-    j->outcome = R_UNAVAILABLE;
-    j->why = "lookup queue full";
+    settle(j, R_UNAVAILABLE, "lookup queue full");
     LQ_WARN("auth lookup queue full", "max=%d", JOB_QUEUE_MAX);
     push_result(a, j);
 }
@@ -1037,8 +1033,7 @@ static void apply_result(lq_auth *a, job *j, int64_t now)
             job_reset(j);
             if (enqueue(a, j) == 0)
                 return;
-            j->outcome = R_UNAVAILABLE;
-            j->why = "lookup queue full";
+            settle(j, R_UNAVAILABLE, "lookup queue full");
             /* falls through: an UNAVAILABLE result never overrides a change */
         } else {
             job_free(j);
@@ -1072,32 +1067,13 @@ lq_auth *lq_auth_new(const lq_config *cfg, lq_auth_wake_fn wake, void *wake_ud)
 
 int lq_auth_start(lq_auth *a)
 {
-    bson_error_t error;
     const lq_config *cfg = a->cfg;
     if (!a->has_mongo || a->started)
         return LQ_OK;
-    lq_mongo_init();
-    a->uri = mongoc_uri_new_with_error(cfg->mongodb_uri, &error);
-    if (a->uri == NULL) {
-        LQ_ERROR("invalid --mongodb-uri", "error=\"%s\"", error.message);
+    /* a lookup waits at most the server selection timeout before it ends UNAVAILABLE */
+    a->pool = lq_mongo_pool_new(cfg->mongodb_uri, "livequeryd-auth", 10000, &a->uri, &a->db);
+    if (a->pool == NULL)
         return LQ_ERR;
-    }
-    /* a lookup waits for this at most before it ends UNAVAILABLE */
-    if (!mongoc_uri_has_option(a->uri, MONGOC_URI_SERVERSELECTIONTIMEOUTMS))
-        mongoc_uri_set_option_as_int32(a->uri, MONGOC_URI_SERVERSELECTIONTIMEOUTMS, 5000);
-    if (!mongoc_uri_has_option(a->uri, MONGOC_URI_SOCKETTIMEOUTMS))
-        mongoc_uri_set_option_as_int32(a->uri, MONGOC_URI_SOCKETTIMEOUTMS, 10000);
-    if (!mongoc_uri_has_option(a->uri, MONGOC_URI_APPNAME))
-        mongoc_uri_set_appname(a->uri, "livequeryd-auth");
-    a->db = mongoc_uri_get_database(a->uri);
-    if (a->db == NULL)
-        a->db = "parse";
-    a->pool = mongoc_client_pool_new(a->uri);
-    if (a->pool == NULL) {
-        LQ_ERROR("cannot create a MongoDB client pool", NULL);
-        return LQ_ERR;
-    }
-    mongoc_client_pool_set_error_api(a->pool, MONGOC_ERROR_API_VERSION_2);
     /* each thread holds one client for good: never more threads than clients */
     int32_t max_pool = mongoc_uri_get_option_as_int32(a->uri, MONGOC_URI_MAXPOOLSIZE, 100);
     if (max_pool > 0 && a->nthreads > max_pool)

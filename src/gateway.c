@@ -426,7 +426,7 @@ static void unwait(conn *c)
     LQ_METRIC_ADD(auth_waiting, -1);
 }
 
-static void handle_request(lq_gateway *gw, conn *c, lq_request *req, lq_session *sess, int resumed);
+static void handle_request(lq_gateway *gw, conn *c, lq_request *req, lq_session *sess);
 static void resume(lq_gateway *gw, conn *c);
 
 static void hook_session_changed(void *ud, lq_session *s)
@@ -530,7 +530,7 @@ static lq_session *subscribe_session(lq_gateway *gw, conn *c, const lq_request *
  * request must wait for a session lookup (the caller parks it with
  * *wait, a reference), 0 when it was answered. */
 static int on_subscribe(lq_gateway *gw, conn *c, const lq_request *req, lq_session *sess,
-                        int resumed, lq_session **wait)
+                        lq_session **wait)
 {
     lq_error err;
     lq_sub_auth auth = {NULL, NULL};
@@ -542,7 +542,7 @@ static int on_subscribe(lq_gateway *gw, conn *c, const lq_request *req, lq_sessi
         send_error(gw, c, &err, 1, 0, 0);
         return 0;
     }
-    if (!resumed && !lq_registry_client_is_master(c->client) &&
+    if (sess == NULL && !lq_registry_client_is_master(c->client) &&
         (req->session_token && req->session_token[0] ? strlen(req->session_token) > TOKEN_MAX
                                                      : c->bad_token)) {
         LQ_METRIC_INC(auth_tokens_invalid);
@@ -550,7 +550,7 @@ static int on_subscribe(lq_gateway *gw, conn *c, const lq_request *req, lq_sessi
         send_error(gw, c, &err, 0, 1, req->request_id);
         return 0;
     }
-    if (!resumed)
+    if (sess == NULL)
         sess = subscribe_session(gw, c, req);
     if (sess) {
         switch (sess->state) {
@@ -612,7 +612,7 @@ static void on_unsubscribe(lq_gateway *gw, conn *c, const lq_request *req)
 
 /* Adds req (taken) to c's parked requests: at the head when it is the one
  * that waits (sess, a reference), else at the tail. */
-static void park(lq_gateway *gw, conn *c, lq_request *req, lq_session *sess, int at_head)
+static void park(conn *c, lq_request *req, lq_session *sess, int at_head)
 {
     parked *p = lq_xcalloc(1, sizeof(*p));
 
@@ -637,11 +637,11 @@ static void park(lq_gateway *gw, conn *c, lq_request *req, lq_session *sess, int
         sess->ud = c;
         LQ_METRIC_INC(auth_waiting);
     }
-    (void)gw;
 }
 
-/* Answers req (taken), or parks it when it must wait for a session. */
-static void handle_request(lq_gateway *gw, conn *c, lq_request *req, lq_session *sess, int resumed)
+/* Answers req (taken), or parks it when it must wait for a session. sess:
+ * the session a parked request waited on (a reference), or NULL. */
+static void handle_request(lq_gateway *gw, conn *c, lq_request *req, lq_session *sess)
 {
     lq_session *wait = NULL;
 
@@ -651,8 +651,8 @@ static void handle_request(lq_gateway *gw, conn *c, lq_request *req, lq_session 
         break;
     case LQ_OP_SUBSCRIBE:
     case LQ_OP_UPDATE: /* update = re-subscribe under the same requestId */
-        if (on_subscribe(gw, c, req, sess, resumed, &wait)) {
-            park(gw, c, req, wait, 1);
+        if (on_subscribe(gw, c, req, sess, &wait)) {
+            park(c, req, wait, 1);
             return;
         }
         break;
@@ -676,9 +676,8 @@ static void resume(lq_gateway *gw, conn *c)
         c->nparked--;
         lq_request req = p->req;
         lq_session *sess = p->sess;
-        int resumed = sess != NULL;
         free(p);
-        handle_request(gw, c, &req, sess, resumed);
+        handle_request(gw, c, &req, sess);
     }
 }
 
@@ -715,10 +714,10 @@ static void on_message(lq_gateway *gw, conn *c, const char *buf, size_t len, int
             lq_request_release(&req);
             return;
         }
-        park(gw, c, &req, NULL, 0);
+        park(c, &req, NULL, 0);
         return;
     }
-    handle_request(gw, c, &req, NULL, 0);
+    handle_request(gw, c, &req, NULL);
 }
 
 /*---- events from the bus -----------------------------------------------------*/

@@ -65,7 +65,6 @@ typedef struct sub {
     lq_principals *who; /* referenced */
     void *tag;          /* the caller's session handle, or NULL */
     json_t *where;      /* referenced: for re-checks */
-    json_t *watch_json; /* referenced, or NULL */
     int verdict;        /* LQ_CLP_ALLOW or LQ_CLP_POINTER */
     char **ptr_fields;  /* LQ_CLP_POINTER: the pointer fields */
     hidden *hid;        /* static hidden fields, or NULL */
@@ -153,8 +152,6 @@ void lq_registry_set_tag_release(lq_registry *r, lq_tag_release_fn release, void
     r->tag_ud = ud;
 }
 
-#define free_strv lq_strv_free
-
 static void keyset_release(group *g, keyset *ks)
 {
     if (--ks->refs > 0)
@@ -163,7 +160,7 @@ static void keyset_release(group *g, keyset *ks)
     for (int i = 0; i < ks->nbodies; i++)
         lq_body_decref(ks->bodies[i].body);
     free(ks->bodies);
-    free_strv(ks->names);
+    lq_strv_free(ks->names);
     free(ks);
 }
 
@@ -176,7 +173,7 @@ static hidden *hidden_get(lq_registry *r, char **names)
     hidden *h;
 
     if (names == NULL || names[0] == NULL) {
-        free_strv(names);
+        lq_strv_free(names);
         return NULL;
     }
     lq_buf_init(&key);
@@ -188,7 +185,7 @@ static hidden *hidden_get(lq_registry *r, char **names)
     HASH_FIND(hh, r->hiddens, key.data, key.len, h);
     if (h) {
         lq_buf_release(&key);
-        free_strv(names);
+        lq_strv_free(names);
         h->refs++;
         return h;
     }
@@ -206,7 +203,7 @@ static void hidden_put(lq_registry *r, hidden *h)
         return;
     HASH_DEL(r->hiddens, h);
     free(h->key);
-    free_strv(h->names);
+    lq_strv_free(h->names);
     free(h);
 }
 
@@ -281,11 +278,10 @@ static void sub_remove(lq_registry *r, sub *s)
     DL_DELETE(g->subs, s);
     g->nsubs--;
     keyset_release(g, s->ks);
-    free_strv(s->watch);
-    free_strv(s->ptr_fields);
+    lq_strv_free(s->watch);
+    lq_strv_free(s->ptr_fields);
     hidden_put(r, s->hid);
     json_decref(s->where);
-    json_decref(s->watch_json);
     lq_principals_unref(s->who);
     if (s->tag && r->tag_release)
         r->tag_release(r->tag_ud, s->tag);
@@ -294,6 +290,14 @@ static void sub_remove(lq_registry *r, sub *s)
     LQ_METRIC_ADD(subscriptions, -1);
     if (g->nsubs == 0)
         group_free(r, g);
+}
+
+static void clpent_free(lq_registry *r, clpent *ce)
+{
+    HASH_DEL(r->clps, ce);
+    free(ce->name);
+    json_decref(ce->clp);
+    free(ce);
 }
 
 void lq_registry_free(lq_registry *r)
@@ -305,10 +309,7 @@ void lq_registry_free(lq_registry *r)
     while (r->clients)
         lq_registry_client_free(r, r->clients);
     HASH_ITER(hh, r->clps, ce, ctmp) {
-        HASH_DEL(r->clps, ce);
-        free(ce->name);
-        json_decref(ce->clp);
-        free(ce);
+        clpent_free(r, ce);
     }
     free(r->touched);
     free(r);
@@ -408,16 +409,6 @@ static char **strv_from_json(const json_t *arr, int top_level)
     return v;
 }
 
-static int strv_equal(char **a, char **b)
-{
-    if (a == NULL || b == NULL)
-        return a == b;
-    for (; *a && *b; a++, b++)
-        if (strcmp(*a, *b) != 0)
-            return 0;
-    return *a == *b;
-}
-
 /* The group's keyset for names (taken), shared with every subscriber of the
  * group that asked for the same projection. */
 static keyset *keyset_get(group *g, char **names)
@@ -425,9 +416,9 @@ static keyset *keyset_get(group *g, char **names)
     keyset *ks;
 
     LL_FOREACH(g->keysets, ks) {
-        if (strv_equal(ks->names, names)) {
+        if (lq_strv_equal((const char *const *)ks->names, (const char *const *)names)) {
             ks->refs++;
-            free_strv(names);
+            lq_strv_free(names);
             return ks;
         }
     }
@@ -514,7 +505,7 @@ const json_t *lq_registry_clp(const lq_registry *r, const char *class_name)
  * under the class's current CLP. Returns LQ_OK with *verdict, *ptr_fields
  * (new, or NULL) and *hid (a reference, or NULL), or LQ_ERR with err set. */
 static int authorize(lq_registry *r, const char *class_name, const json_t *where,
-                     const json_t *watch, const lq_principals *who, int *verdict,
+                     char **watch, const lq_principals *who, int *verdict,
                      char ***ptr_fields, hidden **hid, lq_error *err)
 {
     const json_t *clp = lq_registry_clp(r, class_name);
@@ -528,10 +519,11 @@ static int authorize(lq_registry *r, const char *class_name, const json_t *where
     if (v != LQ_CLP_ALLOW && v != LQ_CLP_POINTER)
         return LQ_ERR;
     names = lq_protected_static(clp, class_name, where, who);
-    if (lq_protected_in_query((const char *const *)names, where, watch, &field)) {
+    if (lq_protected_in_query((const char *const *)names, where, (const char *const *)watch,
+                              &field)) {
         lq_error_set(err, LQ_PARSE_ERR_FORBIDDEN, "Permission denied");
-        free_strv(names);
-        free_strv(*ptr_fields);
+        lq_strv_free(names);
+        lq_strv_free(*ptr_fields);
         *ptr_fields = NULL;
         return LQ_ERR;
     }
@@ -548,7 +540,7 @@ int lq_registry_subscribe(lq_registry *r, lq_client *cl, const lq_request *req,
     lq_query *q;
     lq_principals *who;
     int verdict;
-    char **ptr_fields;
+    char **ptr_fields, **watch;
     hidden *hid;
 
     if (!lq_class_name_valid(req->class_name)) {
@@ -573,8 +565,10 @@ int lq_registry_subscribe(lq_registry *r, lq_client *cl, const lq_request *req,
     who = auth && auth->who ? auth->who
           : cl->master      ? lq_principals_master()
                             : lq_principals_anonymous();
-    if (authorize(r, req->class_name, req->where, req->watch, who, &verdict, &ptr_fields, &hid,
+    watch = strv_from_json(req->watch, 0);
+    if (authorize(r, req->class_name, req->where, watch, who, &verdict, &ptr_fields, &hid,
                   err) != LQ_OK) {
+        lq_strv_free(watch);
         lq_query_free(q);
         LQ_METRIC_INC(subscriptions_denied);
         return LQ_ERR;
@@ -588,13 +582,12 @@ int lq_registry_subscribe(lq_registry *r, lq_client *cl, const lq_request *req,
     s->who = lq_principals_ref(who);
     s->tag = auth ? auth->tag : NULL;
     s->where = json_incref((json_t *)req->where);
-    s->watch_json = req->watch ? json_incref((json_t *)req->watch) : NULL;
     s->verdict = verdict;
     s->ptr_fields = ptr_fields;
     s->hid = hid;
     s->g = group_get(r, req->class_name, q); /* takes q */
     s->ks = keyset_get(s->g, strv_from_json(req->keys, 1));
-    s->watch = strv_from_json(req->watch, 0);
+    s->watch = watch;
     DL_APPEND(s->g->subs, s);
     s->g->nsubs++;
     HASH_ADD(hh, cl->subs, rid, sizeof(s->rid), s);
@@ -647,13 +640,13 @@ static void recheck_sub(lq_registry *r, sub *s, doomed *d)
     char **ptr_fields;
     hidden *hid;
 
-    if (authorize(r, s->g->c->name, s->where, s->watch_json, s->who, &verdict, &ptr_fields, &hid,
+    if (authorize(r, s->g->c->name, s->where, s->watch, s->who, &verdict, &ptr_fields, &hid,
                   &err) != LQ_OK) {
         LQ_METRIC_INC(subscriptions_denied);
         doom(d, s, &err);
         return;
     }
-    free_strv(s->ptr_fields);
+    lq_strv_free(s->ptr_fields);
     s->ptr_fields = ptr_fields;
     s->verdict = verdict;
     hidden_put(r, s->hid);
@@ -673,10 +666,7 @@ int lq_registry_set_clp(lq_registry *r, const char *class_name, const json_t *cl
     if (ce ? lq_json_equal(ce->clp, clp) : clp == NULL)
         return 0;
     if (clp == NULL) {
-        HASH_DEL(r->clps, ce);
-        free(ce->name);
-        json_decref(ce->clp);
-        free(ce);
+        clpent_free(r, ce);
     } else {
         if (ce == NULL) {
             ce = lq_xcalloc(1, sizeof(*ce));
@@ -890,8 +880,8 @@ static const hidden *delivery_hidden(dispatch *d, const sub *s, int shape)
     if (shape != SHAPE_OBJECT && ev->original)
         b = lq_protected_for_object(clp, clsname, st, s->who, ev->original);
     u = strv_union((const char *const *)a, (const char *const *)b);
-    free_strv(a);
-    free_strv(b);
+    lq_strv_free(a);
+    lq_strv_free(b);
     h = hidden_get(d->r, u);
     if (h) {
         h->refs--; /* swept after the dispatch if nobody else holds it */

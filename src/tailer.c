@@ -1507,37 +1507,17 @@ static void add_class(lq_tailer *t, const char *name, size_t len)
 
 lq_tailer *lq_tailer_new(const lq_config *cfg)
 {
-    bson_error_t error;
     lq_tailer *t;
 
-    lq_mongo_init();
     t = lq_xcalloc(1, sizeof(*t));
     t->cfg = cfg;
     t->stop_pipe[0] = t->stop_pipe[1] = -1;
     pthread_mutex_init(&t->schema_lock, NULL);
-    t->uri = mongoc_uri_new_with_error(cfg->mongodb_uri, &error);
-    if (t->uri == NULL) {
-        LQ_ERROR("invalid --mongodb-uri", "error=\"%s\"", error.message);
-        lq_tailer_free(t);
-        return NULL;
-    }
-    /* fail and retry fast rather than block a stream thread for libmongoc's 30 s default */
-    if (!mongoc_uri_has_option(t->uri, MONGOC_URI_SERVERSELECTIONTIMEOUTMS))
-        mongoc_uri_set_option_as_int32(t->uri, MONGOC_URI_SERVERSELECTIONTIMEOUTMS, 5000);
-    if (!mongoc_uri_has_option(t->uri, MONGOC_URI_SOCKETTIMEOUTMS))
-        mongoc_uri_set_option_as_int32(t->uri, MONGOC_URI_SOCKETTIMEOUTMS, 30000);
-    if (!mongoc_uri_has_option(t->uri, MONGOC_URI_APPNAME))
-        mongoc_uri_set_appname(t->uri, "livequeryd-tailer");
-    t->db = mongoc_uri_get_database(t->uri);
-    if (t->db == NULL)
-        t->db = "parse";
-    t->pool = mongoc_client_pool_new(t->uri);
+    t->pool = lq_mongo_pool_new(cfg->mongodb_uri, "livequeryd-tailer", 30000, &t->uri, &t->db);
     if (t->pool == NULL) {
-        LQ_ERROR("cannot create a MongoDB client pool", NULL);
         lq_tailer_free(t);
         return NULL;
     }
-    mongoc_client_pool_set_error_api(t->pool, MONGOC_ERROR_API_VERSION_2);
     if (cfg->tailer_id) {
         snprintf(t->id, sizeof(t->id), "%s", cfg->tailer_id);
     } else {

@@ -144,10 +144,10 @@ char **lq_protected_for_object(const json_t *clp, const char *class_name,
 
 /* 1 when the query uses a hidden field: a key of where (top-level, or inside
  * $or/$and/$nor at any depth; a dotted key "a.b" uses "a") or an entry of
- * watch (array of strings, may be NULL; "a.b" uses "a") names a field in
+ * watch (a NULL-terminated list, or NULL; "a.b" uses "a") names a field in
  * hidden. *field (if not NULL) gets the offending name (borrowed from hidden). */
-int lq_protected_in_query(const char *const *hidden, const json_t *where, const json_t *watch,
-                          const char **field);
+int lq_protected_in_query(const char *const *hidden, const json_t *where,
+                          const char *const *watch, const char **field);
 
 /* Frees a NULL-terminated string list. Accepts NULL. */
 void lq_strv_free(char **v);

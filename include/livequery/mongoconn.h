@@ -7,7 +7,21 @@
 #ifndef LIVEQUERY_MONGOCONN_H
 #define LIVEQUERY_MONGOCONN_H
 
+#include <mongoc/mongoc.h>
+#include <stdint.h>
+
 /* mongoc_init() and the log handler, once per process. */
 void lq_mongo_init(void);
+
+/* A client pool for uri_text (--mongodb-uri), error API version 2. Unless
+ * the URI sets them: serverSelectionTimeoutMS 5000 (fail and retry fast
+ * rather than block a thread for libmongoc's 30 s), socketTimeoutMS
+ * socket_timeout_ms, appName appname. *uri gets the parsed URI (destroy it
+ * after the pool) and *db the database (borrowed from *uri; "parse" when the
+ * URI names none). NULL after logging why (an invalid URI). Calls
+ * lq_mongo_init. */
+mongoc_client_pool_t *lq_mongo_pool_new(const char *uri_text, const char *appname,
+                                        int32_t socket_timeout_ms, mongoc_uri_t **uri,
+                                        const char **db);
 
 #endif

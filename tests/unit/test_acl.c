@@ -125,7 +125,10 @@ static json_t *run_case(const json_t *c, lq_principals *p, int *extra_ok, char *
     if (strcmp(fn, "in_query") == 0) {
         const char *field = NULL;
         const char **hidden = strv_view(json_object_get(c, "hidden"), buf, 64);
-        int r = lq_protected_in_query(hidden, where, json_object_get(c, "watch"), &field);
+        const char *wbuf[64];
+        const json_t *wj = json_object_get(c, "watch");
+        const char **watch = wj ? strv_view(wj, wbuf, 64) : NULL;
+        int r = lq_protected_in_query(hidden, where, watch, &field);
         const char *want_field = json_string_value(json_object_get(c, "field"));
         if (want_field && (field == NULL || strcmp(field, want_field) != 0)) {
             snprintf(msg, cap, "field %s", field ? field : "(null)");
