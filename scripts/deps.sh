@@ -7,7 +7,8 @@ cd "$(dirname "$0")/.."
 PKGS=(build-essential cmake pkg-config
       libwebsockets-dev libhiredis-dev libjansson-dev libpcre2-dev libssl-dev libuv1-dev uthash-dev libwebsockets-evlib-uv
       libmongoc-dev libbson-dev python3-mockupdb python3-pymongo
-      redis-server)
+      redis-server
+      clang libclang-rt-14-dev) # scripts/fuzz.sh: clang and its libFuzzer runtime
 # Node.js and npm only from Debian when the machine has none (an image may ship its own,
 # which Debian's npm package would conflict with).
 command -v node >/dev/null 2>&1 || PKGS+=(nodejs)

@@ -15,3 +15,5 @@ export LSAN_OPTIONS="suppressions=$PWD/tests/lsan.supp:print_suppressions=0"
 export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1"
 cmake --build "$build" -j"$(nproc)"
 ctest --test-dir "$build" --output-on-failure -j2 --timeout 300
+# Bounded fuzzing of every parser (tests/fuzz): ~20 s per target after a clang build.
+./scripts/fuzz.sh

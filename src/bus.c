@@ -76,14 +76,23 @@ static int64_t now_ms(void)
 /*---- message parsing ---------------------------------------------------------*/
 
 /* Makes sure a Parse object carries its className (the SDK needs it). */
+/* The value of a string without "\u0000" in it, else NULL. Messages are read
+ * with JSON_ALLOW_NUL, as field values may hold U+0000 (MongoDB and Parse
+ * store it); names and ids must not, as C strings would cut them short. */
+static const char *name_string(const json_t *v)
+{
+    const char *s = json_string_value(v);
+    return s && strlen(s) == json_string_length(v) ? s : NULL;
+}
+
 static int object_ok(json_t *obj, const char *class_name)
 {
-    if (!json_is_object(obj) || !json_is_string(json_object_get(obj, "objectId")))
+    if (!json_is_object(obj) || !name_string(json_object_get(obj, "objectId")))
         return 0;
     json_t *cn = json_object_get(obj, "className");
     if (cn == NULL)
         json_object_set_new(obj, "className", json_string(class_name));
-    else if (!json_is_string(cn) || strcmp(json_string_value(cn), class_name) != 0)
+    else if (!name_string(cn) || strcmp(json_string_value(cn), class_name) != 0)
         return 0;
     return 1;
 }
@@ -145,7 +154,7 @@ lq_change *lq_bus_parse(lq_bus_channel kind, const char *payload, size_t len, co
     }
     if (kind == LQ_BUS_PARSE_CLEAR_CACHE)
         return parse_clear_cache(payload, len, reason);
-    root = json_loadb(payload, len, JSON_REJECT_DUPLICATES, &jerr);
+    root = json_loadb(payload, len, JSON_REJECT_DUPLICATES | JSON_ALLOW_NUL, &jerr);
 
     if (!json_is_object(root)) {
         *reason = root ? "not a JSON object" : "not JSON";
@@ -160,7 +169,7 @@ lq_change *lq_bus_parse(lq_bus_channel kind, const char *payload, size_t len, co
             *reason = "unsupported or missing version v";
             goto fail;
         }
-        class_name = json_string_value(json_object_get(root, "className"));
+        class_name = name_string(json_object_get(root, "className"));
         op = json_string_value(json_object_get(root, "op"));
         object = json_object_get(root, "object");
         original = json_object_get(root, "original");
@@ -196,7 +205,7 @@ lq_change *lq_bus_parse(lq_bus_channel kind, const char *payload, size_t len, co
             return ev;
         }
         v = json_object_get(root, "epoch");
-        if (v && (!json_is_string(v) || json_string_length(v) == 0 ||
+        if (v && (!name_string(v) || json_string_length(v) == 0 ||
                   json_string_length(v) >= sizeof(ev->epoch))) {
             *reason = "epoch is not a string of 1 to 39 bytes";
             goto fail;
@@ -227,7 +236,7 @@ lq_change *lq_bus_parse(lq_bus_channel kind, const char *payload, size_t len, co
     } else {
         object = json_object_get(root, "currentParseObject");
         original = json_object_get(root, "originalParseObject");
-        class_name = json_string_value(json_object_get(object, "className"));
+        class_name = name_string(json_object_get(object, "className"));
         ev->op = kind == LQ_BUS_PARSE_DELETE ? LQ_CHANGE_DELETE
                  : original                  ? LQ_CHANGE_UPDATE
                                              : LQ_CHANGE_CREATE;

@@ -925,7 +925,7 @@ static void saw_preimage(stream_ctx *s)
 /* A resume token as text that bson_new_from_json reads back (malloc'd).
  * MongoDB's tokens are {_data: "<hex>"}: written directly, without libbson's
  * printf-based extended JSON, which showed in the per-event profile. */
-static char *token_text(const bson_t *tok)
+char *lq__tailer_token_text(const bson_t *tok)
 {
     bson_iter_t it;
     if (bson_count_keys(tok) == 1 && bson_iter_init_find(&it, tok, "_data") && BSON_ITER_HOLDS_UTF8(&it)) {
@@ -1058,7 +1058,7 @@ static ev_result handle_event(stream_ctx *s, const bson_t *ev, char **reopen_tok
         bson_t tok;
         bson_iter_document(&it, &len, &data);
         if (bson_init_static(&tok, data, len))
-            token = token_text(&tok);
+            token = lq__tailer_token_text(&tok);
     }
     if (bson_iter_init_find(&it, ev, "documentKey") && bson_iter_recurse(&it, &key) &&
         bson_iter_find(&key, "_id"))
@@ -1213,7 +1213,7 @@ static pub_result store_idle_token(stream_ctx *s, mongoc_change_stream_t *cs)
         return PUB_OK;
     if (!queue_drain(s))
         return PUB_LOST;
-    char *text = token_text(tok);
+    char *text = lq__tailer_token_text(tok);
     pub_result r = PUB_OK;
     if (text && (s->token == NULL || strcmp(text, s->token) != 0)) {
         r = run_script(s, "token", s->epoch, s->seq, text, NULL, 0);

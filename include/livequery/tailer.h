@@ -38,6 +38,8 @@
 #ifndef LIVEQUERY_TAILER_H
 #define LIVEQUERY_TAILER_H
 
+#include <bson/bson.h>
+
 #include "livequery/config.h"
 
 typedef struct lq_tailer lq_tailer;
@@ -54,5 +56,10 @@ void lq_tailer_stop(lq_tailer *t);
 
 /* Stops if needed and frees. Accepts NULL. */
 void lq_tailer_free(lq_tailer *t);
+
+/* Internal, exposed for tests/fuzz/fuzz_bson.c: a change stream's resume
+ * token (borrowed) as the text stored in Redis, which bson_new_from_json reads
+ * back. Returns a new malloc'd string; never NULL. */
+char *lq__tailer_token_text(const bson_t *tok);
 
 #endif

@@ -279,6 +279,36 @@ static void test_invalid(void)
     }
 }
 
+/* Found by fuzz_bson (tests/fuzz/regressions/bson/string-with-nul-dropped-by-bus):
+ * a stored string holding U+0000 is published as "\u0000", which jansson refused
+ * without JSON_ALLOW_NUL, so every gateway dropped the event. Names and ids
+ * with U+0000 are still refused. */
+static void test_nul_in_values(void)
+{
+    const char *why;
+    lq_change *ev = parse(LQ_BUS_OURS,
+                          "{\"v\":1,\"className\":\"B\",\"op\":\"create\",\"object\":{\"objectId\":\"a\","
+                          "\"title\":\"x\\u0000y\"},\"epoch\":\"e\",\"seq\":1}",
+                          &why);
+    ASSERT_TRUE(ev != NULL);
+    ASSERT_EQ(json_string_length(json_object_get(ev->object, "title")), 3);
+    lq_change_free(ev);
+    ev = parse(LQ_BUS_PARSE_SAVE, "{\"currentParseObject\":{\"objectId\":\"H\",\"className\":\"B\",\"t\":\"\\u0000\"}}", &why);
+    ASSERT_TRUE(ev != NULL);
+    lq_change_free(ev);
+
+    static const char *const refused[] = {
+        "{\"v\":1,\"className\":\"B\\u0000x\",\"op\":\"create\",\"object\":{\"objectId\":\"a\"}}",
+        "{\"v\":1,\"className\":\"B\",\"op\":\"create\",\"object\":{\"objectId\":\"a\\u0000b\"}}",
+        "{\"v\":1,\"className\":\"B\",\"op\":\"create\",\"object\":{\"objectId\":\"a\",\"className\":\"B\\u0000\"}}",
+        "{\"v\":1,\"className\":\"B\",\"op\":\"create\",\"object\":{\"objectId\":\"a\"},\"epoch\":\"e\\u0000\"}",
+    };
+    for (size_t i = 0; i < sizeof(refused) / sizeof(refused[0]); i++) {
+        ev = parse(LQ_BUS_OURS, refused[i], &why);
+        ASSERT_TRUE(ev == NULL);
+    }
+}
+
 static void test_too_large(void)
 {
     size_t n = LQ_BUS_MESSAGE_MAX + 1;
@@ -298,6 +328,7 @@ int main(int argc, char **argv)
         {"parse_server", test_parse_server},
         {"join_classes", test_join_classes},
         {"schema", test_schema},
+        {"nul_in_values", test_nul_in_values},
         {"parse_server_clp", test_parse_server_clp},
         {"clear_cache", test_clear_cache},
         {"invalid", test_invalid},
