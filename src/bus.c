@@ -706,6 +706,8 @@ static void *bus_main(void *arg)
                         b->cfg->redis_host, b->cfg->redis_port, c->err ? c->errstr : "closed");
         }
         redisFree(c);
+        cmd_drop(b); /* it went down with the subscriber connection (a restarted Redis):
+                        the schema sync and catch-up after the resubscribe need a fresh one */
         if (!atomic_load(&b->stopping) && nap(b, BACKOFF_MIN_MS))
             break;
     }

@@ -215,12 +215,21 @@ function cleanEnv(extra = {}) {
   return { ...env, ...extra };
 }
 
+/* A process's resident set (VmRSS, KiB) and open file descriptors, from /proc. */
+function procStats(pid) {
+  const status = fs.readFileSync(`/proc/${pid}/status`, 'utf8');
+  const m = /^VmRSS:\s+(\d+) kB/m.exec(status);
+  return { rssKb: m ? Number(m[1]) : NaN, fds: fs.readdirSync(`/proc/${pid}/fd`).length };
+}
+
 /* ------------------------------------------------------------------ */
 /* redis-server                                                       */
 /* ------------------------------------------------------------------ */
 
 /* Starts Debian's redis-server on a free port in a temp dir.
- * Returns {port, url, stop(), restart(), logs()}; restart() reuses the port. */
+ * Returns {port, url, stop(), restart(), logs()}; restart() reuses the port.
+ * opts.persist: append-only file with appendfsync always (in the temp dir), so
+ * a restart (even after kill()) comes back with every acknowledged write. */
 async function startRedis(opts = {}) {
   const port = opts.port || await freePort();
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'lq-redis-'));
@@ -229,7 +238,7 @@ async function startRedis(opts = {}) {
   let out = '';
   async function launch() {
     const args = ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no',
-      '--dir', dir, ...(opts.args || [])];
+      '--dir', dir, ...(opts.persist ? ['--appendonly', 'yes', '--appendfsync', 'always'] : []), ...(opts.args || [])];
     proc = track(spawn(REDIS_BIN, args, { stdio: ['ignore', 'pipe', 'pipe'] }));
     proc.stdout.on('data', (d) => { out += d; });
     proc.stderr.on('data', (d) => { out += d; });
@@ -247,7 +256,8 @@ async function startRedis(opts = {}) {
     logs: () => out,
     async stop() { await stopProcess(proc, 'SIGTERM'); },
     async restart() { await r.stop(); await launch(); },
-    async start() { await launch(); }, // after stop(): the same port, empty (no persistence)
+    async start() { await launch(); }, // after stop()/kill(): the same port, empty unless opts.persist
+    async kill() { await stopProcess(proc, 'SIGKILL'); }, // no shutdown: what a crash looks like
   };
   onTeardown(() => r.stop());
   return r;
@@ -429,12 +439,12 @@ class Inbox {
     await sleep(ms);
     const bad = this.pending.filter((x) => !pred || pred(x));
     if (bad.length) {
-      assert.fail(`${this.label}: expected nothing within ${ms} ms, got ${bad.length}: ${bad.slice(0, 5).map(describe).join(' | ')}`);
+      assert.fail(`${this.label}: expected nothing within ${ms} ms, got ${bad.length}: ${bad.slice(0, 5).map(show).join(' | ')}`);
     }
   }
   pendingText() {
     if (!this.pending.length) return '(none)';
-    return `${this.pending.length}: ${this.pending.slice(0, 5).map(describe).join(' | ')}${this.pending.length > 5 ? ' …' : ''}`;
+    return `${this.pending.length}: ${this.pending.slice(0, 5).map(show).join(' | ')}${this.pending.length > 5 ? ' …' : ''}`;
   }
 }
 
@@ -678,7 +688,7 @@ function runGatewaySync(args, { env, timeout = 5000 } = {}) {
 
 module.exports = {
   APP_ID, MASTER_KEY, REPO, EVENT_OPS, UUID_RE, PUBLIC_CLP, DEFAULT_TIMEOUT,
-  gatewayBin, sleep, waitFor, withTimeout, freePort, httpAnswers, redisPing, stopProcess, cleanEnv,
+  gatewayBin, sleep, waitFor, withTimeout, freePort, httpAnswers, redisPing, stopProcess, cleanEnv, procStats,
   startRedis, startGateway, publisher, waitBusReady, startStack, runGatewaySync,
   Inbox, WsClient, wsClient, wsClientNoWait,
   Parse, sdkClient, recordSubscription,

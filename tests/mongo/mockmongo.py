@@ -1708,6 +1708,9 @@ class Control(object):
 def make_http_handler(control):
     class H(BaseHTTPRequestHandler):
         protocol_version = 'HTTP/1.1'
+        # headers and body go out in two writes: without TCP_NODELAY the body
+        # waits for the client's delayed ACK (~25-40 ms per request)
+        disable_nagle_algorithm = True
 
         def log_message(self, fmt, *args):
             if VERBOSE:
