@@ -54,6 +54,13 @@ static const setting settings[] = {
      "deepest nesting of a where clause"},
     {"max-connections", "LIVEQUERY_MAX_CONNECTIONS", T_INT, OFF(max_connections), 1, 1000000,
      "10000", "WebSocket connections per process; more are closed (1013)"},
+    {"max-messages-per-second", "LIVEQUERY_MAX_MESSAGES_PER_SECOND", T_INT, OFF(max_msgs_per_s), 1,
+     1000000, "100", "client messages per second per connection (sustained); more are refused (155)"},
+    {"message-burst", "LIVEQUERY_MESSAGE_BURST", T_INT, OFF(msg_burst), 1, 1000000, "512",
+     "client messages a connection may send at once above its rate; over 2x this refused within "
+     "10 s closes it (1008)"},
+    {"handshake-timeout", "LIVEQUERY_HANDSHAKE_TIMEOUT", T_INT, OFF(handshake_timeout_s), 1, 300,
+     "10", "seconds a new connection has to send its complete HTTP request (upgrade or GET)"},
     {"max-queue-bytes", "LIVEQUERY_MAX_QUEUE_BYTES", T_SIZE, OFF(max_queue_bytes), 4096,
      1LL << 32, "4194304", "outbound bytes queued per connection before it is dropped as too slow"},
     {"ping-interval", "LIVEQUERY_PING_INTERVAL", T_INT, OFF(ping_interval_s), 1, 3600, "10",

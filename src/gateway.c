@@ -36,6 +36,7 @@
 #include "livequery/auth.h"
 #include "livequery/bus.h"
 #include "livequery/event.h"
+#include "livequery/json.h"
 #include "livequery/jsonout.h"
 #include "livequery/log.h"
 #include "livequery/metrics.h"
@@ -48,6 +49,7 @@
 #define BATCH_BYTES (8 * 1024)
 #define FRAME_HEAD_EST 64        /* head bytes besides ids, for queue accounting */
 #define SLOW_CLOSE_SECS 5        /* a culled client that never reads is cut after this */
+#define HANDSHAKE_SLACK_MS 100   /* lws' timeout fires at whole seconds; the loop clock is cached */
 #define DRAIN_MS 3000            /* at shutdown, how long clients get to take their close */
 #define MAX_PARKED 64            /* requests a connection may queue behind a session lookup */
 #define AUTH_TICK_MS 500         /* session expiry and revalidation are checked this often */
@@ -78,6 +80,11 @@ typedef struct conn {
     char client_id[37];
     lq_buf ids;          /* "clientId":"…","installationId":"…" */
     lq_buf rx;           /* a message arriving in fragments */
+    int64_t rl_tokens;   /* message token bucket, in thousandths of a message */
+    int64_t rl_last_ms;  /* loop time the bucket was last topped up */
+    int64_t rl_window_ms; /* start of the current window of refused messages */
+    int rl_refused;      /* messages refused in that window */
+    int rl_closed;       /* closing for flooding: later messages are dropped */
     qentry *q;
     uint32_t qhead, qlen, qcap;
     size_t qbytes;
@@ -131,6 +138,14 @@ static int64_t wall_ms(void)
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* Monotonic milliseconds for per-message bookkeeping: on libuv the loop's
+ * cached time (updated once per wake-up, no system call); on lws' poll loop
+ * its clock (vDSO clock_gettime). */
+static int64_t loop_ms(const lq_gateway *gw)
+{
+    return gw->uv ? (int64_t)uv_now(gw->uv) : (int64_t)(lws_now_usecs() / 1000);
 }
 
 /*---- outbound queue ----------------------------------------------------------*/
@@ -837,7 +852,7 @@ static int http_request(lq_gateway *gw, conn *c, struct lws *wsi, const char *pa
         type = "application/json";
     } else if (strcmp(path, "/metrics") == 0) {
         LQ_METRIC_SET(queued_bytes, gw->queued_bytes);
-        lq_buf_reserve(&body, 16384); /* ~8 KB today (tests check nothing is cut off) */
+        lq_buf_reserve(&body, 16384); /* ~10 KB today (tests check nothing is cut off) */
         body.len = lq_metrics_render(body.data, body.cap);
         type = "text/plain; version=0.0.4";
     } else if (strcmp(path, "/") == 0) {
@@ -912,6 +927,77 @@ static void conn_release(lq_gateway *gw, conn *c)
     }
 }
 
+/* Message rate (--max-messages-per-second, --message-burst): a token bucket
+ * per connection, in thousandths of a message so that refilling needs no
+ * division. O(1) per message, no system call. A message over the rate is
+ * refused unhandled; the first refused in a RATE_WINDOW_MS window is answered
+ * with one error frame (code 155, the refused request's requestId when it has
+ * one), the others in that window silently. More than 2 x burst refused in a
+ * window closes the connection (1008 "too many messages"): protocol/errors.md.
+ * Returns 1 when the message may be handled. */
+#define RATE_WINDOW_MS 10000
+
+static void rate_init(lq_gateway *gw, conn *c)
+{
+    c->rl_last_ms = loop_ms(gw);
+    c->rl_tokens = (int64_t)gw->cfg->msg_burst * 1000;
+    c->rl_window_ms = c->rl_last_ms - RATE_WINDOW_MS;
+}
+
+static int rate_admit(lq_gateway *gw, conn *c, const char *buf, size_t len)
+{
+    int64_t now = loop_ms(gw), cap = (int64_t)gw->cfg->msg_burst * 1000;
+    int burst = gw->cfg->msg_burst;
+
+    if (c->rl_closed)
+        return 0;
+    if (now > c->rl_last_ms) {
+        c->rl_tokens += (now - c->rl_last_ms) * gw->cfg->max_msgs_per_s;
+        if (c->rl_tokens > cap)
+            c->rl_tokens = cap;
+        c->rl_last_ms = now;
+    }
+    if (c->rl_tokens >= 1000) {
+        c->rl_tokens -= 1000;
+        return 1;
+    }
+    LQ_METRIC_INC(frames_in);
+    LQ_METRIC_INC(limit_rate);
+    if (now - c->rl_window_ms >= RATE_WINDOW_MS) {
+        c->rl_window_ms = now;
+        c->rl_refused = 0;
+    }
+    if (c->rl_refused++ == 0) {
+        /* once per window: worth a parse for the requestId */
+        lq_error err;
+        int has_rid = 0;
+        double rid = 0;
+        if (lq_json_text_depth(buf, len, gw->cfg->max_json_depth) <= gw->cfg->max_json_depth) {
+            json_t *root = json_loadb(buf, len, 0, NULL);
+            json_t *r = json_object_get(root, "requestId");
+            if (json_is_number(r)) {
+                has_rid = 1;
+                rid = json_number_value(r);
+            }
+            json_decref(root);
+        }
+        lq_error_set(&err, LQ_PARSE_ERR_LIMIT,
+                     "too many messages on this connection (limit %d per second)",
+                     gw->cfg->max_msgs_per_s);
+        send_error(gw, c, &err, 0, has_rid, rid);
+        LQ_WARN("client over its message rate: messages refused", "client=%s limit=%d burst=%d",
+                c->client_id[0] ? c->client_id : "-", gw->cfg->max_msgs_per_s, burst);
+    } else if (c->rl_refused > 2 * burst) {
+        c->rl_closed = 1;
+        LQ_METRIC_INC(limit_rate_closed);
+        LQ_WARN("client kept flooding, closing", "client=%s refused=%d window_ms=%d",
+                c->client_id[0] ? c->client_id : "-", c->rl_refused, RATE_WINDOW_MS);
+        close_after_flush(c, LWS_CLOSE_STATUS_POLICY_VIOLATION, "too many messages");
+        lws_set_timeout(c->wsi, PENDING_TIMEOUT_USER_OK, SLOW_CLOSE_SECS);
+    }
+    return 0;
+}
+
 static int on_receive(lq_gateway *gw, conn *c, struct lws *wsi, const char *in, size_t len)
 {
     int final = lws_is_final_fragment(wsi) && lws_remaining_packet_payload(wsi) == 0;
@@ -925,12 +1011,14 @@ static int on_receive(lq_gateway *gw, conn *c, struct lws *wsi, const char *in, 
         return -1;
     }
     if (final && c->rx.len == 0) { /* the common case: whole message in one piece, no copy */
-        on_message(gw, c, in, len, lws_frame_is_binary(wsi));
+        if (rate_admit(gw, c, in, len))
+            on_message(gw, c, in, len, lws_frame_is_binary(wsi));
         return 0;
     }
     lq_buf_append(&c->rx, in, len);
     if (final) {
-        on_message(gw, c, c->rx.data, c->rx.len, lws_frame_is_binary(wsi));
+        if (rate_admit(gw, c, c->rx.data, c->rx.len))
+            on_message(gw, c, c->rx.data, c->rx.len, lws_frame_is_binary(wsi));
         c->rx.len = 0;
         if (c->rx.cap > 64 * 1024) /* do not keep a large buffer for an idle client */
             lq_buf_release(&c->rx);
@@ -955,11 +1043,36 @@ static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *use
             uv_stop(gw->uv); /* lws_service returns: lq_gateway_run drains */
         return 0;
 
+    case LWS_CALLBACK_SERVER_NEW_CLIENT_INSTANTIATED:
+        /* a TCP connection accepted: it has --handshake-timeout to send a
+         * complete request (lws' header-table timeout, timeout_secs_ah_idle).
+         * Its accept time rides in the opaque pointer (there is no per-session
+         * data yet) until the request is complete; see WSI_DESTROY. */
+        if (gw)
+            lws_set_opaque_user_data(wsi, (void *)(uintptr_t)(loop_ms(gw) + 1));
+        return 0;
+
+    case LWS_CALLBACK_WSI_DESTROY:
+        if (gw && lws_get_opaque_user_data(wsi)) {
+            int64_t lived = loop_ms(gw) - ((int64_t)(uintptr_t)lws_get_opaque_user_data(wsi) - 1);
+            lws_set_opaque_user_data(wsi, NULL);
+            /* still without a complete request: the peer left by itself
+             * before the timeout, or lws dropped it at the timeout */
+            if (lived >= (int64_t)gw->cfg->handshake_timeout_s * 1000 - HANDSHAKE_SLACK_MS) {
+                LQ_METRIC_INC(handshakes_timed_out);
+                LQ_INFO("connection dropped: request incomplete after the handshake timeout",
+                        "timeout_s=%d lived_ms=%lld", gw->cfg->handshake_timeout_s, (long long)lived);
+            }
+        }
+        return 0;
+
     case LWS_CALLBACK_ESTABLISHED:
+        lws_set_opaque_user_data(wsi, NULL); /* the handshake is complete */
         c->wsi = wsi;
         c->gw = gw;
         lq_buf_init(&c->ids);
         lq_buf_init(&c->rx);
+        rate_init(gw, c);
         LQ_METRIC_INC(connections_total);
         if (gw->draining) {
             lws_close_reason(wsi, LWS_CLOSE_STATUS_GOINGAWAY, (unsigned char *)"going away", 10);
@@ -1000,6 +1113,7 @@ static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *use
         return 0;
 
     case LWS_CALLBACK_HTTP:
+        lws_set_opaque_user_data(wsi, NULL); /* a complete request */
         return http_request(gw, c, wsi, in ? (const char *)in : "/");
 
     case LWS_CALLBACK_HTTP_WRITEABLE:
@@ -1090,7 +1204,12 @@ lq_gateway *lq_gateway_new(const lq_config *cfg)
         info.signal_cb = ignore_signal;
     }
     info.retry_and_idle_policy = &gw->retry;
-    info.timeout_secs = 10;
+    /* slow loris: lws 4.1.6 gives a new connection a header table at accept
+     * and drops it timeout_secs_ah_idle later unless its request is complete
+     * (bytes trickling in do not extend it; measured). timeout_secs bounds
+     * lws' other waits on the network; it was 10 s before the setting. */
+    info.timeout_secs = (unsigned int)cfg->handshake_timeout_s;
+    info.timeout_secs_ah_idle = (unsigned int)cfg->handshake_timeout_s;
     info.max_http_header_pool = 64;
     gw->ctx = lws_create_context(&info);
     /* on libuv lws returns a context even when its vhost could not listen */

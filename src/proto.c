@@ -13,6 +13,7 @@
 #include <string.h>
 
 #include "livequery/json.h"
+#include "livequery/metrics.h"
 
 typedef enum { P_ANY, P_STRING, P_NUMBER, P_OBJECT, P_OP, P_STRING_SET, P_QUERY } prop_kind;
 
@@ -180,6 +181,7 @@ lq_parse_result lq_proto_parse(const char *buf, size_t len, int max_depth, lq_re
     memset(req, 0, sizeof(*req));
     if (lq_json_text_depth(buf, len, max_depth) > max_depth) {
         lq_error_set(err, LQ_PARSE_ERR_SCHEMA, "JSON nesting is deeper than %d", max_depth);
+        LQ_METRIC_INC(limit_json_depth);
         return LQ_PARSE_REFUSED;
     }
     /* Numbers are doubles, as in JavaScript; duplicate keys are refused rather

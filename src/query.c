@@ -28,6 +28,7 @@
 #include <string.h>
 
 #include "livequery/json.h"
+#include "livequery/metrics.h"
 
 #define EARTH_RADIUS_KM 6371.0
 #define EARTH_RADIUS_MILES 3959.0
@@ -205,9 +206,11 @@ static int own(struct compiler *c, pcre2_code *re, json_t *json)
 /* Counts n more nodes against max_nodes; checked before any work on them. */
 static int count(struct compiler *c, size_t n)
 {
-    if ((long)n > (long)c->lim->max_nodes - c->nodes)
+    if ((long)n > (long)c->lim->max_nodes - c->nodes) {
+        LQ_METRIC_INC(limit_query_size);
         return fail(c, "query has more than %d constraints and list elements",
                     c->lim->max_nodes);
+    }
     c->nodes += (long)n;
     return 0;
 }
@@ -236,8 +239,10 @@ static int check_value(struct compiler *c, const json_t *v, int level)
 
     if (!json_is_object(v) && !json_is_array(v))
         return 0;
-    if (level > c->lim->max_depth)
+    if (level > c->lim->max_depth) {
+        LQ_METRIC_INC(limit_query_depth);
         return fail(c, "query nesting is deeper than %d", c->lim->max_depth);
+    }
     if (count(c, json_is_array(v) ? json_array_size(v) : json_object_size(v)))
         return -1;
     if (json_is_array(v)) {
@@ -494,6 +499,7 @@ static const struct path *compile_path(struct compiler *c, const char *key, size
     for (i = 0; i < klen; i++)
         nseg += key[i] == '.';
     if (nseg > (size_t)c->lim->max_depth) {
+        LQ_METRIC_INC(limit_query_depth);
         fail(c, "field name has more than %d parts: %.64s", c->lim->max_depth, key);
         return NULL;
     }
@@ -664,8 +670,10 @@ static int compile_regex(struct compiler *c, struct node *n, const json_t *patte
 
     if (!json_is_string(pattern))
         return fail(c, "$regex must be a string");
-    if (json_string_length(pattern) > c->lim->max_regex_len)
+    if (json_string_length(pattern) > c->lim->max_regex_len) {
+        LQ_METRIC_INC(limit_regex);
         return fail(c, "$regex is longer than %zu bytes", c->lim->max_regex_len);
+    }
     if (options != NULL && !json_is_string(options))
         return fail(c, "$options must be a string");
     for (const char *o = options ? json_string_value(options) : ""; *o; o++) {
@@ -1031,6 +1039,7 @@ static struct node *compile_where(struct compiler *c, const json_t *where, int d
     json_t *val;
 
     if (depth > c->lim->max_depth) {
+        LQ_METRIC_INC(limit_query_depth);
         fail(c, "query nesting is deeper than %d", c->lim->max_depth);
         return NULL;
     }
@@ -1556,12 +1565,16 @@ static pcre2_match_data *thread_match_data(void)
 static int regex_scalar(const struct node *n, const json_t *x, const struct mctx *m)
 {
     pcre2_match_data *md;
+    int rc;
 
     if (!json_is_string(x) || n->path->date_str || (md = thread_match_data()) == NULL)
         return 0;
     /* no match, a bad subject and a hit match/depth limit all count as no match */
-    return pcre2_match(n->u.re, (PCRE2_SPTR)json_string_value(x), json_string_length(x), 0, 0,
-                       md, m->q->mctx) >= 0;
+    rc = pcre2_match(n->u.re, (PCRE2_SPTR)json_string_value(x), json_string_length(x), 0, 0, md,
+                     m->q->mctx);
+    if (rc == PCRE2_ERROR_MATCHLIMIT || rc == PCRE2_ERROR_DEPTHLIMIT || rc == PCRE2_ERROR_HEAPLIMIT)
+        LQ_METRIC_INC(limit_regex); /* relaxed atomic: matching may run on any thread */
+    return rc >= 0;
 }
 
 static int polygon_field(const json_t *x, struct geo p)

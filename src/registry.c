@@ -551,12 +551,14 @@ int lq_registry_subscribe(lq_registry *r, lq_client *cl, const lq_request *req,
     if (old == NULL && cl->nsubs >= r->lim.max_subscriptions) {
         lq_error_set(err, LQ_PARSE_ERR_LIMIT, "too many subscriptions on this connection (limit %d)",
                      r->lim.max_subscriptions);
+        LQ_METRIC_INC(limit_subscriptions);
         return LQ_ERR;
     }
     /* json_dumpb with no buffer only measures */
     if (json_dumpb(req->where, NULL, 0, JSON_COMPACT) > r->lim.max_query_bytes) {
         lq_error_set(err, LQ_PARSE_ERR_INVALID_QUERY, "query is larger than %zu bytes",
                      r->lim.max_query_bytes);
+        LQ_METRIC_INC(limit_query_size);
         return LQ_ERR;
     }
     q = lq_query_compile(req->class_name, req->where, &r->lim.query, err);

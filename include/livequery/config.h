@@ -33,6 +33,9 @@ typedef struct lq_config {
     size_t max_query_bytes;     /* serialized where; default 16384 */
     int max_query_depth;        /* default 16 */
     int max_connections;        /* per process; default 10000 */
+    int max_msgs_per_s;         /* client messages per second per connection (token bucket rate); default 100 */
+    int msg_burst;              /* the bucket's size: messages a connection may send at once; default 512 */
+    int handshake_timeout_s;    /* seconds a new TCP connection has to complete its HTTP request; default 10 */
     size_t max_queue_bytes;     /* outbound bytes queued per connection; default 4 MiB */
     int ping_interval_s;        /* WebSocket ping period; a peer silent for 2 periods is dropped; default 10 */
     int log_level;              /* 0 error, 1 warn, 2 info, 3 debug; default 2 */

@@ -19,6 +19,14 @@
     X(frames_invalid_json, counter, "client frames dropped: not JSON (no reply)")                 \
     X(frames_too_large, counter, "connections closed: frame over --max-frame-bytes")              \
     X(requests_rejected, counter, "client requests answered with an error frame")                 \
+    X(limit_subscriptions, counter, "subscribes refused: over --max-subscriptions (155)")          \
+    X(limit_query_size, counter, "subscribes refused: where over --max-query-bytes or 1024 constraints") \
+    X(limit_query_depth, counter, "subscribes refused: where nested deeper than --max-query-depth") \
+    X(limit_json_depth, counter, "client messages refused: JSON deeper than --max-json-depth")     \
+    X(limit_regex, counter, "$regex refused as too long, or a match stopped by the PCRE2 limits")  \
+    X(limit_rate, counter, "client messages refused: over --max-messages-per-second")             \
+    X(limit_rate_closed, counter, "connections closed (1008): kept sending over their rate")      \
+    X(handshakes_timed_out, counter, "connections dropped: HTTP request incomplete after --handshake-timeout") \
     X(events_in, counter, "change events taken from the bus")                                      \
     X(events_unwatched, counter, "change events for classes nobody subscribes to")                \
     X(deliveries, counter, "event frames queued to clients")                                       \

@@ -11,7 +11,8 @@
  *   - scalar equality against an array field means "array contains";
  *   - subdocument equality is deep equality;
  *   - $regex runs on PCRE2 with match and depth limits, so no pattern can
- *     backtrack forever; a pattern that hits the limit does not match.
+ *     backtrack forever; a pattern that hits the limit does not match (and
+ *     bumps the limit_regex metric, as does a pattern refused as too long).
  * Operators needing the database ($inQuery, $select, $relatedTo, $text, ...)
  * are refused at compile time with code 102 rather than silently never
  * matching. protocol/PROTOCOL.md lists every operator and every difference.

@@ -9,6 +9,7 @@ const { before, after } = require('node:test');
 const assert = require('node:assert/strict');
 const net = require('node:net');
 const h = require('./harness');
+const { metrics } = require('./mongo');
 
 const MAX_FRAME = 65536;
 const MAX_SUBS = 256;      // the default
@@ -18,7 +19,8 @@ let bystander;
 const tick = { n: 0, stopped: false, done: null };
 
 before(async () => {
-  s = await h.startStack({ args: ['--max-frame-bytes', String(MAX_FRAME)] });
+  // --message-burst: the subscription test sends 3000 requests at once (abuse.test.js tests the rate)
+  s = await h.startStack({ args: ['--max-frame-bytes', String(MAX_FRAME), '--message-burst', '5000'] });
   bystander = await h.wsClient(s.url);
   await bystander.connect();
   await bystander.subscribe(1, 'Heartbeat', {});
@@ -40,6 +42,7 @@ async function connected() {
 }
 
 h.test('deeply nested JSON (10000 levels) gets error code 1 and the connection keeps working', async () => {
+  const m0 = await metrics(s.gw);
   const c = await h.wsClient(s.url);
   c.send('['.repeat(10000) + ']'.repeat(10000));
   assert.deepEqual(await c.next(), { op: 'error', error: 'JSON nesting is deeper than 64', code: 1, reconnect: false, requestId: null });
@@ -51,6 +54,9 @@ h.test('deeply nested JSON (10000 levels) gets error code 1 and the connection k
   const f = await c.next();
   assert.ok(!(f.op === 'error' && f.code === 1), `60 levels must not be a code-1 error: ${JSON.stringify(f)}`);
   assert.equal(c.closeInfo, null);
+  const m1 = await metrics(s.gw);
+  assert.equal(m1.limit_json_depth - m0.limit_json_depth, 2, 'limit_json_depth counts the two refused frames');
+  assert.equal(m1.limit_query_depth - m0.limit_query_depth, 1, `limit_query_depth counts the 57-level where (${JSON.stringify(f)})`);
 });
 
 h.test('a frame larger than --max-frame-bytes is closed with 1009 "frame too large"', async () => {
@@ -90,6 +96,7 @@ h.test('binary frames are ignored like non-JSON text', async () => {
 });
 
 h.test(`thousands of subscriptions: code 155 after ${MAX_SUBS}, earlier ones still work`, async () => {
+  const m0 = await metrics(s.gw);
   const c = await connected();
   const total = 3000;
   for (let r = 1; r <= total; r++) {
@@ -122,14 +129,19 @@ h.test(`thousands of subscriptions: code 155 after ${MAX_SUBS}, earlier ones sti
   assert.deepEqual(await c.next(), {
     op: 'error', error: `too many subscriptions on this connection (limit ${MAX_SUBS})`, code: 155, reconnect: false, requestId: 5002,
   });
+  const m1 = await metrics(s.gw);
+  assert.equal(m1.limit_subscriptions - m0.limit_subscriptions, total - MAX_SUBS + 1, 'limit_subscriptions counts every refused subscribe');
+  assert.equal(m1.limit_rate - m0.limit_rate, 0);
 });
 
 h.test('a query over --max-query-bytes gets 102', async () => {
+  const m0 = await metrics(s.gw);
   const c = await connected();
   c.send({ op: 'subscribe', requestId: 7, query: { className: 'Big', where: { title: 'y'.repeat(MAX_QUERY + 100) } } });
   assert.deepEqual(await c.next(), {
     op: 'error', error: `query is larger than ${MAX_QUERY} bytes`, code: 102, reconnect: false, requestId: 7,
   });
+  assert.equal((await metrics(s.gw)).limit_query_size - m0.limit_query_size, 1, 'limit_query_size counts it');
   c.send({ op: 'unsubscribe', requestId: 7 });
   assert.equal((await c.next()).code, 2, 'the refused subscription does not exist');
   await c.subscribe(8, 'Big', { title: 'y'.repeat(1000) });

@@ -121,12 +121,76 @@ static void test_tailer_settings(void)
     ASSERT_STREQ(errbuf, "livequeryd: --role: 'edge' is not one of gateway, tailer, both\n");
 }
 
+static void test_abuse_limits(void)
+{
+    lq_config cfg;
+    const char *a1[] = {"lq", "--app-id", "a", NULL};
+    const char *a2[] = {"lq", "--app-id", "a", "--max-messages-per-second", "20", "--message-burst=40",
+                        "--handshake-timeout", "3", NULL};
+    const char *a3[] = {"lq", "--app-id", "a", "--max-messages-per-second", "0", NULL};
+    const char *a4[] = {"lq", "--app-id", "a", "--message-burst", "-1", NULL};
+    const char *a5[] = {"lq", "--app-id", "a", "--handshake-timeout", "0", NULL};
+    const char *a6[] = {"lq", "--app-id", "a", "--handshake-timeout", "301", NULL};
+    const char *a7[] = {"lq", "--app-id", "a", "--max-messages-per-second", "1e3", NULL};
+    const char *a8[] = {"lq", "--app-id", "a", "--handshake-timeout", "5", NULL};
+
+    unsetenv("LIVEQUERY_MAX_MESSAGES_PER_SECOND");
+    unsetenv("LIVEQUERY_MESSAGE_BURST");
+    unsetenv("LIVEQUERY_HANDSHAKE_TIMEOUT");
+    ASSERT_EQ(parse(&cfg, 3, a1), 0);
+    ASSERT_EQ(cfg.max_msgs_per_s, 100);
+    ASSERT_EQ(cfg.msg_burst, 512);
+    ASSERT_EQ(cfg.handshake_timeout_s, 10);
+    /* a stock SDK reconnecting sends connect + one subscribe per subscription at once */
+    ASSERT_TRUE(cfg.msg_burst >= cfg.max_subscriptions + 1);
+    lq_config_release(&cfg);
+    ASSERT_EQ(parse(&cfg, 8, a2), 0);
+    ASSERT_EQ(cfg.max_msgs_per_s, 20);
+    ASSERT_EQ(cfg.msg_burst, 40);
+    ASSERT_EQ(cfg.handshake_timeout_s, 3);
+    lq_config_release(&cfg);
+    ASSERT_EQ(parse(&cfg, 5, a3), -1);
+    ASSERT_STREQ(errbuf, "livequeryd: --max-messages-per-second: '0' is not a whole number from 1 to 1000000\n");
+    ASSERT_EQ(parse(&cfg, 5, a4), -1);
+    ASSERT_STREQ(errbuf, "livequeryd: --message-burst: '-1' is not a whole number from 1 to 1000000\n");
+    ASSERT_EQ(parse(&cfg, 5, a5), -1);
+    ASSERT_STREQ(errbuf, "livequeryd: --handshake-timeout: '0' is not a whole number from 1 to 300\n");
+    ASSERT_EQ(parse(&cfg, 5, a6), -1);
+    ASSERT_STREQ(errbuf, "livequeryd: --handshake-timeout: '301' is not a whole number from 1 to 300\n");
+    ASSERT_EQ(parse(&cfg, 5, a7), -1);
+    ASSERT_TRUE(strstr(errbuf, "--max-messages-per-second: '1e3'") != NULL);
+
+    /* environment variables, and the flag winning over them */
+    setenv("LIVEQUERY_MAX_MESSAGES_PER_SECOND", "7", 1);
+    setenv("LIVEQUERY_MESSAGE_BURST", "9", 1);
+    setenv("LIVEQUERY_HANDSHAKE_TIMEOUT", "4", 1);
+    ASSERT_EQ(parse(&cfg, 3, a1), 0);
+    ASSERT_EQ(cfg.max_msgs_per_s, 7);
+    ASSERT_EQ(cfg.msg_burst, 9);
+    ASSERT_EQ(cfg.handshake_timeout_s, 4);
+    lq_config_release(&cfg);
+    ASSERT_EQ(parse(&cfg, 5, a8), 0);
+    ASSERT_EQ(cfg.handshake_timeout_s, 5);
+    lq_config_release(&cfg);
+    setenv("LIVEQUERY_MESSAGE_BURST", "many", 1);
+    ASSERT_EQ(parse(&cfg, 3, a1), -1);
+    ASSERT_STREQ(errbuf, "livequeryd: LIVEQUERY_MESSAGE_BURST: 'many' is not a whole number from 1 to 1000000\n");
+    setenv("LIVEQUERY_MESSAGE_BURST", "9", 1);
+    setenv("LIVEQUERY_HANDSHAKE_TIMEOUT", "0", 1);
+    ASSERT_EQ(parse(&cfg, 3, a1), -1);
+    ASSERT_STREQ(errbuf, "livequeryd: LIVEQUERY_HANDSHAKE_TIMEOUT: '0' is not a whole number from 1 to 300\n");
+    unsetenv("LIVEQUERY_MAX_MESSAGES_PER_SECOND");
+    unsetenv("LIVEQUERY_MESSAGE_BURST");
+    unsetenv("LIVEQUERY_HANDSHAKE_TIMEOUT");
+}
+
 int main(int argc, char **argv)
 {
     static const lq_test_case cases[] = {{"defaults_and_flags", test_defaults_and_flags},
                                          {"env", test_env},
                                          {"errors", test_errors},
                                          {"tailer_settings", test_tailer_settings},
+                                         {"abuse_limits", test_abuse_limits},
                                          {NULL, NULL}};
     return lq_test_run(cases, argc, argv);
 }
