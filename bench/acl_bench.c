@@ -28,7 +28,8 @@
 
 static size_t delivered;
 
-static void deliver(void *conn, lq_body *body, lq_event_type type, double rid, void *ud)
+static void deliver(void *conn, lq_body *body, lq_event_type type, double rid,
+                    const lq_change *pos, void *ud)
 {
     (void)conn;
     (void)type;
@@ -110,7 +111,7 @@ static void setup(scenario *sc, int nsubs, lq_principals **users)
                             "\"BookStockLog\",\"where\":{\"storeId\":\"s1\"}}}";
         lq_request req;
         lq_error err;
-        lq_sub_auth auth = {sc->master ? NULL : users[i], NULL};
+        lq_sub_auth auth = {sc->master ? NULL : users[i], NULL, 0};
         if (lq_proto_parse(frame, strlen(frame), 64, &req, &err) != LQ_PARSE_OK ||
             lq_registry_subscribe(sc->r, c, &req, &auth, &err) != LQ_OK) {
             fprintf(stderr, "acl_bench: subscribe failed: %s\n", err.text);

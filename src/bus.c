@@ -4,10 +4,12 @@
 #include "livequery/bus.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <hiredis/hiredis.h>
 #include <poll.h>
 #include <pthread.h>
 #include <stdatomic.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -43,6 +45,16 @@ typedef struct clp_known {
 
 #define NCHANNELS 4
 
+/* A subscription's request for its class's position (lq_bus_position). */
+typedef struct pos_req {
+    struct pos_req *next;
+    uint64_t token;
+    int has_since;
+    int64_t since_seq;
+    char epoch[40];
+    char class_name[LQ_CLASS_NAME_MAX + 1];
+} pos_req;
+
 struct lq_bus {
     const lq_config *cfg;
     lq_bus_notify_fn notify;
@@ -51,6 +63,7 @@ struct lq_bus {
     pthread_t thread;
     int started;
     int stop_pipe[2];
+    int req_pipe[2]; /* wakes the bus thread for position requests */
     atomic_int stopping;
     atomic_int connected;
 
@@ -60,10 +73,12 @@ struct lq_bus {
     redisContext *cmd; /* a second connection, for XRANGE / HMGET; NULL until needed */
     char *key_base;    /* <prefix><appId>: */
 
-    pthread_mutex_t lock; /* guards head, tail, count */
+    pthread_mutex_t lock; /* guards head, tail, count, reqs */
     pthread_cond_t drained;
     lq_change *head, *tail;
     size_t count;
+    pos_req *reqs, *reqs_tail; /* position requests, oldest first */
+    size_t nreqs;
 };
 
 static int64_t now_ms(void)
@@ -325,11 +340,20 @@ lq_change *lq_bus_take(lq_bus *b)
 
 /*---- the subscriber thread ---------------------------------------------------*/
 
-/* Sleeps ms, or less when asked to stop. Returns 1 when stopping. */
+static int serve_positions(lq_bus *b);
+
+/* Sleeps ms, or less when asked to stop; answers position requests meanwhile
+ * (Redis is unreachable then: they are told so at once, not kept waiting).
+ * Returns 1 when stopping. */
 static int nap(lq_bus *b, int ms)
 {
-    struct pollfd p = {b->stop_pipe[0], POLLIN, 0};
-    poll(&p, 1, ms);
+    int64_t until = now_ms() + ms, left;
+
+    while (!atomic_load(&b->stopping) && (left = until - now_ms()) > 0) {
+        struct pollfd p[2] = {{b->stop_pipe[0], POLLIN, 0}, {b->req_pipe[0], POLLIN, 0}};
+        if (poll(p, 2, (int)left) > 0 && p[1].revents && serve_positions(b))
+            b->notify(b->ud);
+    }
     return atomic_load(&b->stopping);
 }
 
@@ -578,6 +602,143 @@ static int catch_up(lq_bus *b)
     return wake;
 }
 
+/*---- positions: the resume extension -------------------------------------------*/
+
+void lq_bus_position(lq_bus *b, uint64_t token, const char *class_name, const char *since_epoch,
+                     int64_t since_seq)
+{
+    pos_req *q = lq_xcalloc(1, sizeof(*q));
+    int was_empty;
+
+    q->token = token;
+    snprintf(q->class_name, sizeof(q->class_name), "%s", class_name);
+    if (since_epoch) {
+        q->has_since = 1;
+        snprintf(q->epoch, sizeof(q->epoch), "%s", since_epoch);
+        q->since_seq = since_seq;
+    }
+    pthread_mutex_lock(&b->lock);
+    was_empty = b->reqs == NULL;
+    if (b->reqs_tail)
+        b->reqs_tail->next = q;
+    else
+        b->reqs = q;
+    b->reqs_tail = q;
+    b->nreqs++;
+    pthread_mutex_unlock(&b->lock);
+    if (was_empty && write(b->req_pipe[1], "r", 1) < 0) {
+        /* the pipe is full: the thread has a wake-up pending anyway */
+    }
+}
+
+/* Reads the events after q's position from the class's history. Returns the
+ * answer to hand over. The bus thread is the only reader of the pub/sub
+ * connection, so every live event it queued before this answer was published
+ * before the HMGET below: its seq is at most the position returned, and every
+ * later one is above it or is skipped by the subscription (registry floor). */
+static lq_change *position_answer(lq_bus *b, const pos_req *q)
+{
+    lq_change *ans = lq_xcalloc(1, sizeof(*ans)), **tail = &ans->replay;
+    redisContext *c = cmd_conn(b);
+    redisReply *r = c ? redisCommand(c, "HMGET %stailer:%s epoch seq", b->key_base, q->class_name) : NULL;
+    int64_t head, expect;
+
+    ans->op = LQ_CHANGE_POSITION;
+    ans->token = q->token;
+    snprintf(ans->class_name, sizeof(ans->class_name), "%s", q->class_name);
+    if (r == NULL || r->type != REDIS_REPLY_ARRAY || r->elements != 2) {
+        if (r == NULL)
+            cmd_drop(b);
+        else
+            freeReplyObject(r);
+        ans->status = LQ_POSITION_UNAVAILABLE;
+        return ans;
+    }
+    if (r->element[0]->type != REDIS_REPLY_STRING || r->element[1]->type != REDIS_REPLY_STRING) {
+        freeReplyObject(r); /* no publisher with history for the class (yet) */
+        ans->status = q->has_since ? LQ_POSITION_GONE : LQ_POSITION_OK;
+        return ans;
+    }
+    snprintf(ans->epoch, sizeof(ans->epoch), "%s", r->element[0]->str);
+    head = strtoll(r->element[1]->str, NULL, 10);
+    ans->seq = head;
+    freeReplyObject(r);
+    if (!q->has_since)
+        return ans;
+    if (strcmp(ans->epoch, q->epoch) != 0 || q->since_seq > head) {
+        ans->status = LQ_POSITION_GONE;
+        return ans;
+    }
+    if (q->since_seq == head)
+        return ans;
+    r = redisCommand(c, "XRANGE %sstream:%s %lld-0 %lld-0", b->key_base, q->class_name,
+                     (long long)q->since_seq + 1, (long long)head);
+    if (r == NULL || r->type != REDIS_REPLY_ARRAY) {
+        if (r == NULL)
+            cmd_drop(b);
+        else
+            freeReplyObject(r);
+        ans->status = LQ_POSITION_UNAVAILABLE;
+        return ans;
+    }
+    expect = q->since_seq + 1;
+    for (size_t i = 0; i < r->elements; i++) {
+        redisReply *e = r->element[i], *f;
+        const char *reason = NULL;
+        lq_change *ev = NULL;
+        if (e->type == REDIS_REPLY_ARRAY && e->elements == 2 && (f = e->element[1])->type == REDIS_REPLY_ARRAY &&
+            f->elements >= 2 && f->element[1]->type == REDIS_REPLY_STRING)
+            ev = lq_bus_parse(LQ_BUS_OURS, f->element[1]->str, f->element[1]->len, &reason);
+        if (ev == NULL || ev->seq != expect || strcmp(ev->epoch, ans->epoch) != 0 ||
+            ev->op == LQ_CHANGE_RESYNC || ev->op == LQ_CHANGE_SCHEMA) {
+            lq_change_free(ev);
+            break;
+        }
+        expect++;
+        *tail = ev;
+        tail = &ev->next;
+    }
+    freeReplyObject(r);
+    if (expect != head + 1) { /* trimmed from the capped stream */
+        ans->status = LQ_POSITION_GONE;
+        while (ans->replay) {
+            lq_change *ev = ans->replay;
+            ans->replay = ev->next;
+            lq_change_free(ev);
+        }
+    }
+    return ans;
+}
+
+/* Answers every waiting position request. Returns 1 to wake. */
+static int serve_positions(lq_bus *b)
+{
+    char drain[64];
+    pos_req *q;
+    int wake = 0;
+
+    while (read(b->req_pipe[0], drain, sizeof(drain)) == (ssize_t)sizeof(drain)) {
+    }
+    for (;;) {
+        pthread_mutex_lock(&b->lock);
+        q = b->reqs;
+        if (q) {
+            b->reqs = q->next;
+            if (b->reqs == NULL)
+                b->reqs_tail = NULL;
+            b->nreqs--;
+        }
+        pthread_mutex_unlock(&b->lock);
+        if (q == NULL)
+            return wake;
+        lq_change *ans = position_answer(b, q);
+        LQ_DEBUG("position answered", "class=%s status=%d epoch=%s seq=%lld since=%lld", q->class_name,
+                 ans->status, ans->epoch, (long long)ans->seq, (long long)q->since_seq);
+        free(q);
+        wake |= enqueue(b, ans);
+    }
+}
+
 /* Handles one reply; returns 1 when the service thread must be woken. */
 static int handle_reply(lq_bus *b, redisReply *rep)
 {
@@ -644,8 +805,8 @@ static void session(lq_bus *b, redisContext *c)
         flush(c))
         return;
     while (!atomic_load(&b->stopping)) {
-        struct pollfd p[2] = {{c->fd, POLLIN, 0}, {b->stop_pipe[0], POLLIN, 0}};
-        int n = poll(p, 2, 1000);
+        struct pollfd p[3] = {{c->fd, POLLIN, 0}, {b->stop_pipe[0], POLLIN, 0}, {b->req_pipe[0], POLLIN, 0}};
+        int n = poll(p, 3, 1000);
         int64_t now = now_ms();
         if (n < 0 && errno != EINTR)
             return;
@@ -666,6 +827,9 @@ static void session(lq_bus *b, redisContext *c)
             if (c->err)
                 return;
         }
+        /* after the replies read with it: what they queued is older than the answer */
+        if (n > 0 && p[2].revents && serve_positions(b))
+            b->notify(b->ud);
         if (now - last_rx > DEAD_AFTER_MS) {
             LQ_WARN("redis stopped answering", "host=%s port=%d silent_ms=%lld", b->cfg->redis_host,
                     b->cfg->redis_port, (long long)(now - last_rx));
@@ -742,12 +906,18 @@ lq_bus *lq_bus_new(const lq_config *cfg, lq_bus_notify_fn notify, void *ud)
     pthread_cond_init(&b->drained, NULL);
     if (pipe(b->stop_pipe) != 0)
         b->stop_pipe[0] = b->stop_pipe[1] = -1;
+    if (pipe(b->req_pipe) != 0) {
+        b->req_pipe[0] = b->req_pipe[1] = -1;
+    } else { /* the reader drains without blocking; a full pipe means a wake-up is pending */
+        fcntl(b->req_pipe[0], F_SETFL, O_NONBLOCK);
+        fcntl(b->req_pipe[1], F_SETFL, O_NONBLOCK);
+    }
     return b;
 }
 
 int lq_bus_start(lq_bus *b)
 {
-    if (b->stop_pipe[0] < 0 || pthread_create(&b->thread, NULL, bus_main, b) != 0)
+    if (b->stop_pipe[0] < 0 || b->req_pipe[0] < 0 || pthread_create(&b->thread, NULL, bus_main, b) != 0)
         return LQ_ERR;
     b->started = 1;
     return LQ_OK;
@@ -798,6 +968,15 @@ void lq_bus_free(lq_bus *b)
     if (b->stop_pipe[0] >= 0) {
         close(b->stop_pipe[0]);
         close(b->stop_pipe[1]);
+    }
+    if (b->req_pipe[0] >= 0) {
+        close(b->req_pipe[0]);
+        close(b->req_pipe[1]);
+    }
+    while (b->reqs) {
+        pos_req *q = b->reqs;
+        b->reqs = q->next;
+        free(q);
     }
     pthread_mutex_destroy(&b->lock);
     pthread_cond_destroy(&b->drained);

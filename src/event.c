@@ -11,6 +11,11 @@ void lq_change_free(lq_change *ev)
 {
     if (ev == NULL)
         return;
+    while (ev->replay) {
+        lq_change *r = ev->replay;
+        ev->replay = r->next;
+        lq_change_free(r);
+    }
     json_decref(ev->object);
     json_decref(ev->original);
     json_decref(ev->clp);
@@ -45,6 +50,7 @@ lq_event_type lq_event_classify(lq_change_op op, int has_original, int orig_visi
     case LQ_CHANGE_RESYNC:
     case LQ_CHANGE_SCHEMA:
     case LQ_CHANGE_CLEAR_CACHE:
+    case LQ_CHANGE_POSITION:
         return LQ_EV_NONE;
     case LQ_CHANGE_DELETE:
         return cur_visible ? LQ_EV_DELETE : LQ_EV_NONE;

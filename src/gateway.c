@@ -129,8 +129,10 @@ struct lq_gateway {
     int dispatching; /* inside drain_bus: new frames go on the dirty list */
     conn *dirty;     /* connections to flush when the batch of events is done */
     int64_t queued_bytes; /* sum of every conn.qbytes; a plain field: one thread */
+    uint64_t last_token; /* the last positions subscription's handle (lq_sub_auth.token) */
     lq_buf out;     /* LWS_PRE + a batch of frames */
     lq_buf scratch; /* one frame or head at a time */
+    lq_buf posframe; /* one frame of a positions subscription */
 };
 
 static int64_t wall_ms(void)
@@ -548,7 +550,7 @@ static int on_subscribe(lq_gateway *gw, conn *c, const lq_request *req, lq_sessi
                         lq_session **wait)
 {
     lq_error err;
-    lq_sub_auth auth = {NULL, NULL};
+    lq_sub_auth auth = {NULL, NULL, 0};
 
     if (c->client == NULL) {
         session_drop(gw, sess);
@@ -591,9 +593,16 @@ static int on_subscribe(lq_gateway *gw, conn *c, const lq_request *req, lq_sessi
             return 0;
         }
     }
+    if (req->positions)
+        auth.token = ++gw->last_token;
     if (lq_registry_subscribe(gw->reg, c->client, req, &auth, &err) != LQ_OK) {
         session_drop(gw, sess);
         send_error(gw, c, &err, 0, 1, req->request_id);
+        return 0;
+    }
+    if (req->positions) { /* paused until the bus answers: on_position */
+        lq_bus_position(gw->bus, auth.token, req->class_name, req->has_since ? req->since_epoch : NULL,
+                        req->since_seq);
         return 0;
     }
     send_reply(gw, c, "subscribed", 1, req->request_id);
@@ -737,9 +746,87 @@ static void on_message(lq_gateway *gw, conn *c, const char *buf, size_t len, int
 
 /*---- events from the bus -----------------------------------------------------*/
 
-static void deliver(void *connp, lq_body *body, lq_event_type type, double rid, void *ud)
+/* `,"epoch":"…","seq":N` of a positions subscription (the resume extension). */
+static void put_position(lq_buf *b, const char *epoch, int64_t seq)
 {
-    enqueue(ud, connp, body, type, rid);
+    char num[32];
+    lq_buf_puts(b, ",\"epoch\":");
+    lq_buf_json_string(b, epoch, strlen(epoch));
+    snprintf(num, sizeof(num), ",\"seq\":%lld", (long long)seq);
+    lq_buf_puts(b, num);
+}
+
+static void deliver(void *connp, lq_body *body, lq_event_type type, double rid,
+                    const lq_change *pos, void *ud)
+{
+    lq_gateway *gw = ud;
+    conn *c = connp;
+
+    if (pos == NULL || pos->seq <= 0) { /* the common case: a shared body */
+        enqueue(gw, c, body, type, rid);
+        return;
+    }
+    /* a positions subscription: a frame of its own, head + position + body */
+    lq_buf *f = &gw->posframe;
+    f->len = 0;
+    lq_proto_event_head(f, lq_event_name(type), &c->ids, rid);
+    f->len--; /* the head ends with the comma before the body */
+    put_position(f, pos->epoch, pos->seq);
+    lq_buf_putc(f, ',');
+    lq_buf_append(f, body->data, body->len);
+    send_frame(gw, c, f);
+}
+
+/* The bus answered a positions subscription (lq_bus_position): it is told
+ * `subscribed` with its position, gets the events it missed, and goes live;
+ * or it is removed with an error when they are gone or unreadable. */
+static void on_position(lq_gateway *gw, const lq_change *ans, int64_t now)
+{
+    void *cp;
+    double rid;
+    conn *c;
+    lq_error err;
+
+    if (!lq_registry_paused(gw->reg, ans->token, &cp, &rid))
+        return; /* unsubscribed, replaced or disconnected meanwhile */
+    c = cp;
+    if (ans->status != LQ_POSITION_OK) {
+        int gone = ans->status == LQ_POSITION_GONE;
+        if (gone) {
+            LQ_METRIC_INC(resumes_gone);
+            lq_error_set(&err, LQ_PARSE_ERR_RESYNC,
+                         "Live query events for class %s after the given position are no longer "
+                         "available; query again and subscribe without since",
+                         ans->class_name);
+        } else {
+            lq_error_set(&err, LQ_PARSE_ERR_RESYNC,
+                         "Live query position for class %s could not be read now; try again",
+                         ans->class_name);
+        }
+        lq_registry_unsubscribe(gw->reg, c->client, rid);
+        send_error(gw, c, &err, !gone, 1, rid);
+        LQ_INFO("positions subscription refused", "client=%s class=%s reason=%s", c->client_id,
+                ans->class_name, gone ? "gone" : "unavailable");
+        return;
+    }
+    gw->scratch.len = 0;
+    lq_proto_reply(&gw->scratch, "subscribed", &c->ids, 1, rid);
+    if (ans->epoch[0]) {
+        gw->scratch.len--; /* the closing brace */
+        put_position(&gw->scratch, ans->epoch, ans->seq);
+        lq_buf_putc(&gw->scratch, '}');
+    }
+    send_frame(gw, c, &gw->scratch);
+    long n = lq_registry_activate(gw->reg, ans->token, ans->replay, ans->seq, now, deliver, gw);
+    size_t replayed = 0;
+    for (const lq_change *ev = ans->replay; ev; ev = ev->next)
+        replayed++;
+    LQ_METRIC_INC(resumes);
+    LQ_METRIC_ADD(resume_events, replayed);
+    if (n > 0)
+        LQ_METRIC_ADD(deliveries, n);
+    LQ_DEBUG("positions subscription live", "client=%s class=%s epoch=%s seq=%lld replayed=%zu delivered=%ld",
+             c->client_id, ans->class_name, ans->epoch, (long long)ans->seq, replayed, n);
 }
 
 /* The class's history is lost: every connection subscribed to it gets an
@@ -787,6 +874,9 @@ static void drain_bus(lq_gateway *gw)
             if (lq_registry_set_clp(gw->reg, ev->class_name, ev->clp, revoked, gw))
                 LQ_INFO("class-level permissions changed", "class=%s clp=%s", ev->class_name,
                         ev->clp ? "set" : "none");
+            break;
+        case LQ_CHANGE_POSITION:
+            on_position(gw, ev, now);
             break;
         case LQ_CHANGE_CLEAR_CACHE: {
             const char *uid = json_string_value(json_object_get(ev->object, "userId"));
@@ -1169,6 +1259,7 @@ lq_gateway *lq_gateway_new(const lq_config *cfg)
     gw->cfg = cfg;
     lq_buf_init(&gw->out);
     lq_buf_init(&gw->scratch);
+    lq_buf_init(&gw->posframe);
     lq_query_limits_default(&lim.query);
     lim.query.max_depth = cfg->max_query_depth;
     lim.max_subscriptions = cfg->max_subscriptions;
@@ -1339,5 +1430,6 @@ void lq_gateway_free(lq_gateway *gw)
     free(gw->unref);
     lq_buf_release(&gw->out);
     lq_buf_release(&gw->scratch);
+    lq_buf_release(&gw->posframe);
     free(gw);
 }

@@ -52,6 +52,8 @@ static const prop subscribe_props[] = {{"op", P_ANY},
                                        {"requestId", P_NUMBER},
                                        {"query", P_QUERY},
                                        {"sessionToken", P_STRING},
+                                       {"positions", P_ANY}, /* extension (PROTOCOL.md) */
+                                       {"since", P_OBJECT},  /* extension (PROTOCOL.md) */
                                        {NULL, P_ANY}};
 static const char *const subscribe_req[] = {"op", "requestId", "query", NULL};
 static const schema subscribe_schema = {subscribe_props, subscribe_req, 0};
@@ -171,6 +173,40 @@ static const char *opt_string(const json_t *obj, const char *key)
     return json_string_value(json_object_get(obj, key)); /* NULL when absent */
 }
 
+/* The resume extension: "positions": true asks for each event's position;
+ * "since": {"epoch":E,"seq":N} resumes after the position (epoch E, seq N)
+ * and implies positions. */
+static int parse_position(const json_t *root, lq_request *req, lq_error *err)
+{
+    const json_t *pos = json_object_get(root, "positions");
+    const json_t *since = json_object_get(root, "since");
+
+    if (pos && !json_is_boolean(pos)) {
+        lq_error_set(err, LQ_PARSE_ERR_SCHEMA, "positions must be true or false");
+        return -1;
+    }
+    req->positions = json_is_true(pos);
+    if (since == NULL)
+        return 0;
+    const json_t *epoch = json_object_get(since, "epoch");
+    const json_t *seq = json_object_get(since, "seq");
+    if (json_object_size(since) != 2 || !json_is_string(epoch) || json_string_length(epoch) < 1 ||
+        json_string_length(epoch) >= sizeof(req->since_epoch) ||
+        strlen(json_string_value(epoch)) != json_string_length(epoch) || !json_is_real(seq) ||
+        !(json_real_value(seq) >= 0 && json_real_value(seq) <= 9007199254740991.0) ||
+        json_real_value(seq) != floor(json_real_value(seq))) {
+        lq_error_set(err, LQ_PARSE_ERR_SCHEMA,
+                     "since must be {\"epoch\": a string of 1 to %zu bytes, \"seq\": an integer >= 0}",
+                     sizeof(req->since_epoch) - 1);
+        return -1;
+    }
+    memcpy(req->since_epoch, json_string_value(epoch), json_string_length(epoch) + 1);
+    req->since_seq = (int64_t)json_real_value(seq); /* numbers are doubles here */
+    req->has_since = 1;
+    req->positions = 1;
+    return 0;
+}
+
 lq_parse_result lq_proto_parse(const char *buf, size_t len, int max_depth, lq_request *req,
                                lq_error *err)
 {
@@ -236,6 +272,10 @@ lq_parse_result lq_proto_parse(const char *buf, size_t len, int max_depth, lq_re
     req->keys = json_object_get(q, "keys");
     req->watch = json_object_get(q, "watch");
     req->session_token = opt_string(root, "sessionToken");
+    if (parse_position(root, req, err)) {
+        lq_request_release(req);
+        return LQ_PARSE_ERROR;
+    }
     return LQ_PARSE_OK;
 fail:
     json_decref(root);

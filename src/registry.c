@@ -68,6 +68,13 @@ typedef struct sub {
     int verdict;        /* LQ_CLP_ALLOW or LQ_CLP_POINTER */
     char **ptr_fields;  /* LQ_CLP_POINTER: the pointer fields */
     hidden *hid;        /* static hidden fields, or NULL */
+    /* the resume extension */
+    uint8_t gate;       /* paused, or a floor to pass: checked per delivery */
+    uint8_t paused;     /* waiting for its position: no events */
+    uint8_t positions;  /* frames carry epoch and seq */
+    int64_t floor;      /* events of the class with seq <= floor are skipped */
+    uint64_t token;     /* while paused: its key in registry->paused */
+    UT_hash_handle phh; /* in registry->paused */
 } sub;
 
 typedef struct bucket {
@@ -110,6 +117,7 @@ struct lq_client {
     int master;
     sub *subs;
     int nsubs;
+    int npaused;            /* of its subs, those waiting for their position */
     lq_client *prev, *next; /* in registry->clients */
 };
 
@@ -129,6 +137,7 @@ struct lq_registry {
     hidden *hiddens;
     int sweep_hiddens; /* a dispatch interned per-object hidden sets */
     cls *classes;
+    sub *paused; /* positions subscriptions waiting for their position, by token */
     lq_client *clients;
     uint64_t stamp;
     size_t ngroups, nsubs;
@@ -275,6 +284,10 @@ static void sub_remove(lq_registry *r, sub *s)
 
     HASH_DEL(cl->subs, s);
     cl->nsubs--;
+    if (s->paused) {
+        HASH_DELETE(phh, r->paused, s);
+        cl->npaused--;
+    }
     DL_DELETE(g->subs, s);
     g->nsubs--;
     keyset_release(g, s->ks);
@@ -554,6 +567,13 @@ int lq_registry_subscribe(lq_registry *r, lq_client *cl, const lq_request *req,
         LQ_METRIC_INC(limit_subscriptions);
         return LQ_ERR;
     }
+    if (req->positions && cl->npaused - (old && old->paused) >= LQ_MAX_PAUSED) {
+        /* each costs a history read on the bus thread, which live events wait behind */
+        lq_error_set(err, LQ_PARSE_ERR_LIMIT,
+                     "too many subscriptions waiting for their position on this connection (limit %d)",
+                     LQ_MAX_PAUSED);
+        return LQ_ERR;
+    }
     /* json_dumpb with no buffer only measures */
     if (json_dumpb(req->where, NULL, 0, JSON_COMPACT) > r->lim.max_query_bytes) {
         lq_error_set(err, LQ_PARSE_ERR_INVALID_QUERY, "query is larger than %zu bytes",
@@ -590,6 +610,13 @@ int lq_registry_subscribe(lq_registry *r, lq_client *cl, const lq_request *req,
     s->g = group_get(r, req->class_name, q); /* takes q */
     s->ks = keyset_get(s->g, strv_from_json(req->keys, 1));
     s->watch = watch;
+    if (req->positions) {
+        s->positions = 1;
+        s->paused = s->gate = 1;
+        s->token = auth ? auth->token : 0;
+        HASH_ADD(phh, r->paused, token, sizeof(s->token), s);
+        cl->npaused++;
+    }
     DL_APPEND(s->g->subs, s);
     s->g->nsubs++;
     HASH_ADD(hh, cl->subs, rid, sizeof(s->rid), s);
@@ -892,6 +919,56 @@ static const hidden *delivery_hidden(dispatch *d, const sub *s, int shape)
     return h;
 }
 
+/* One subscriber of a group whose query matched a state of the event. */
+static void visit_sub(dispatch *d, sub *s, int m_cur, int m_orig, lq_event_type t_master)
+{
+    const lq_change *ev = d->ev;
+    int has_orig = ev->original != NULL;
+
+    lq_principals *who = s->who;
+    int read_cur = 1, read_orig = has_orig, shape;
+    lq_event_type t;
+
+    if (!who->master && d->internal) {
+        read_cur = read_orig = 0; /* whatever their ACL says (Parse Server stores none) */
+    } else if (!who->master) {
+        acl_reads(d, who, &read_cur, &read_orig);
+        if (s->verdict == LQ_CLP_POINTER) {
+            const char *const *pf = (const char *const *)s->ptr_fields;
+            int ptr_cur = read_cur && lq_clp_pointer_match(pf, who, ev->object);
+            int ptr_orig = read_orig && lq_clp_pointer_match(pf, who, ev->original);
+            if ((m_cur && read_cur && !ptr_cur) || (m_orig && read_orig && !ptr_orig))
+                d->withheld_clp++;
+            read_cur = ptr_cur;
+            read_orig = ptr_orig;
+        }
+    }
+    t = who->master ? t_master
+                    : lq_event_classify(ev->op, has_orig, m_orig && read_orig, m_cur && read_cur);
+    if (t == LQ_EV_NONE) {
+        if (t_master != LQ_EV_NONE)
+            d->withheld_acl++;
+        return;
+    }
+    if (!lq_event_watch_passes(t, (const char *const *)s->watch, ev->object, ev->original))
+        return;
+    /* what the subscriber may see of each state */
+    if (!lq_event_has_original(t) || !has_orig)
+        shape = SHAPE_OBJECT;
+    else if (t == LQ_EV_LEAVE && !read_cur)
+        shape = SHAPE_ORIGINAL_AS_OBJECT; /* lost read access: the last state it could read */
+    else if (t == LQ_EV_ENTER && !read_orig)
+        shape = SHAPE_OBJECT; /* gained read access: the before state was not its to see */
+    else
+        shape = SHAPE_BOTH;
+    const hidden *hid = delivery_hidden(d, s, shape);
+    if (hid)
+        d->hidden++;
+    lq_body *body = keyset_body(d, s->ks, hid, shape);
+    d->deliver(s->client->conn, body, t, s->rid, s->positions ? ev : NULL, d->ud);
+    d->delivered++;
+}
+
 static void visit(dispatch *d, group *g)
 {
     const lq_change *ev = d->ev;
@@ -911,48 +988,13 @@ static void visit(dispatch *d, group *g)
     t_master = lq_event_classify(ev->op, has_orig, m_orig, m_cur);
 
     DL_FOREACH(g->subs, s) {
-        lq_principals *who = s->who;
-        int read_cur = 1, read_orig = has_orig, shape;
-        lq_event_type t;
-
-        if (!who->master && d->internal) {
-            read_cur = read_orig = 0; /* whatever their ACL says (Parse Server stores none) */
-        } else if (!who->master) {
-            acl_reads(d, who, &read_cur, &read_orig);
-            if (s->verdict == LQ_CLP_POINTER) {
-                const char *const *pf = (const char *const *)s->ptr_fields;
-                int ptr_cur = read_cur && lq_clp_pointer_match(pf, who, ev->object);
-                int ptr_orig = read_orig && lq_clp_pointer_match(pf, who, ev->original);
-                if ((m_cur && read_cur && !ptr_cur) || (m_orig && read_orig && !ptr_orig))
-                    d->withheld_clp++;
-                read_cur = ptr_cur;
-                read_orig = ptr_orig;
-            }
+        if (s->gate) { /* the resume extension: rare */
+            if (s->paused || (ev->seq > 0 && ev->seq <= s->floor))
+                continue;
+            if (ev->seq > 0)
+                s->gate = 0; /* past its floor: later seqs are higher (a new epoch closes it) */
         }
-        t = who->master ? t_master
-                        : lq_event_classify(ev->op, has_orig, m_orig && read_orig, m_cur && read_cur);
-        if (t == LQ_EV_NONE) {
-            if (t_master != LQ_EV_NONE)
-                d->withheld_acl++;
-            continue;
-        }
-        if (!lq_event_watch_passes(t, (const char *const *)s->watch, ev->object, ev->original))
-            continue;
-        /* what the subscriber may see of each state */
-        if (!lq_event_has_original(t) || !has_orig)
-            shape = SHAPE_OBJECT;
-        else if (t == LQ_EV_LEAVE && !read_cur)
-            shape = SHAPE_ORIGINAL_AS_OBJECT; /* lost read access: the last state it could read */
-        else if (t == LQ_EV_ENTER && !read_orig)
-            shape = SHAPE_OBJECT; /* gained read access: the before state was not its to see */
-        else
-            shape = SHAPE_BOTH;
-        const hidden *hid = delivery_hidden(d, s, shape);
-        if (hid)
-            d->hidden++;
-        lq_body *body = keyset_body(d, s->ks, hid, shape);
-        d->deliver(s->client->conn, body, t, s->rid, d->ud);
-        d->delivered++;
+        visit_sub(d, s, m_cur, m_orig, t_master);
     }
 }
 
@@ -989,42 +1031,31 @@ static void visit_field(dispatch *d, ifield *f, const json_t *obj)
     }
 }
 
-size_t lq_registry_dispatch(lq_registry *r, const lq_change *ev, int64_t now_ms,
-                            lq_deliver_fn deliver, void *ud)
+/* Sets d up for one event of class c's subscriptions. */
+static void dispatch_begin(dispatch *d, lq_registry *r, const lq_change *ev, int64_t now_ms,
+                           lq_deliver_fn deliver, void *ud)
 {
-    dispatch d;
-    memset(&d, 0, sizeof(d));
-    d.r = r;
-    d.ev = ev;
-    d.now_ms = now_ms;
-    d.deliver = deliver;
-    d.ud = ud;
-    cls *c;
-    group *g;
-    ifield *f, *ftmp;
-
-    r->visited = 0;
-    HASH_FIND_STR(r->classes, ev->class_name, c);
-    if (c == NULL) {
-        LQ_METRIC_INC(events_unwatched);
-        return 0;
-    }
+    memset(d, 0, sizeof(*d));
+    d->r = r;
+    d->ev = ev;
+    d->now_ms = now_ms;
+    d->deliver = deliver;
+    d->ud = ud;
     r->stamp++;
     dispatch_stamp++;
-    d.clp = clp_find(r, ev->class_name);
-    d.dynamic = (d.clp && d.clp->dynamic) || strcmp(ev->class_name, "_User") == 0;
-    d.internal = ev->class_name[0] == '_' && strcmp(ev->class_name, "_User") != 0 &&
-                 strcmp(ev->class_name, "_Role") != 0;
-    acl_view_init(&d.acl[0], ev->object);
-    acl_view_init(&d.acl[1], ev->original);
+    d->clp = clp_find(r, ev->class_name);
+    d->dynamic = (d->clp && d->clp->dynamic) || strcmp(ev->class_name, "_User") == 0;
+    d->internal = ev->class_name[0] == '_' && strcmp(ev->class_name, "_User") != 0 &&
+                  strcmp(ev->class_name, "_Role") != 0;
+    acl_view_init(&d->acl[0], ev->object);
+    acl_view_init(&d->acl[1], ev->original);
+}
 
-    DL_FOREACH(c->unindexed, g) {
-        visit(&d, g);
-    }
-    HASH_ITER(hh, c->fields, f, ftmp) {
-        visit_field(&d, f, ev->object);
-        visit_field(&d, f, ev->original);
-    }
+/* Releases what the dispatch built and adds its metrics. */
+static void dispatch_end(dispatch *d)
+{
+    lq_registry *r = d->r;
+
     /* bodies live only as long as the dispatch (plus the references the
      * deliver callback took) */
     for (size_t i = 0; i < r->ntouched; i++) {
@@ -1035,12 +1066,12 @@ size_t lq_registry_dispatch(lq_registry *r, const lq_change *ev, int64_t now_ms,
         ks->touched = 0;
     }
     r->ntouched = 0;
-    if (d.withheld_acl)
-        LQ_METRIC_ADD(deliveries_withheld_acl, d.withheld_acl);
-    if (d.withheld_clp)
-        LQ_METRIC_ADD(deliveries_withheld_clp, d.withheld_clp);
-    if (d.hidden)
-        LQ_METRIC_ADD(deliveries_fields_hidden, d.hidden);
+    if (d->withheld_acl)
+        LQ_METRIC_ADD(deliveries_withheld_acl, d->withheld_acl);
+    if (d->withheld_clp)
+        LQ_METRIC_ADD(deliveries_withheld_clp, d->withheld_clp);
+    if (d->hidden)
+        LQ_METRIC_ADD(deliveries_fields_hidden, d->hidden);
     if (r->sweep_hiddens) { /* per-object hidden sets nobody holds */
         hidden *h, *htmp;
         HASH_ITER(hh, r->hiddens, h, htmp) {
@@ -1051,5 +1082,77 @@ size_t lq_registry_dispatch(lq_registry *r, const lq_change *ev, int64_t now_ms,
         }
         r->sweep_hiddens = 0;
     }
+}
+
+size_t lq_registry_dispatch(lq_registry *r, const lq_change *ev, int64_t now_ms,
+                            lq_deliver_fn deliver, void *ud)
+{
+    dispatch d;
+    cls *c;
+    group *g;
+    ifield *f, *ftmp;
+
+    r->visited = 0;
+    HASH_FIND_STR(r->classes, ev->class_name, c);
+    if (c == NULL) {
+        LQ_METRIC_INC(events_unwatched);
+        return 0;
+    }
+    dispatch_begin(&d, r, ev, now_ms, deliver, ud);
+    DL_FOREACH(c->unindexed, g) {
+        visit(&d, g);
+    }
+    HASH_ITER(hh, c->fields, f, ftmp) {
+        visit_field(&d, f, ev->object);
+        visit_field(&d, f, ev->original);
+    }
+    dispatch_end(&d);
     return d.delivered;
+}
+
+/*---- the resume extension ------------------------------------------------------*/
+
+int lq_registry_paused(const lq_registry *r, uint64_t token, void **conn, double *rid)
+{
+    sub *s;
+
+    HASH_FIND(phh, r->paused, &token, sizeof(token), s);
+    if (s == NULL)
+        return 0;
+    *conn = s->client->conn;
+    *rid = s->rid;
+    return 1;
+}
+
+long lq_registry_activate(lq_registry *r, uint64_t token, const lq_change *replay, int64_t floor,
+                          int64_t now_ms, lq_deliver_fn deliver, void *ud)
+{
+    sub *s;
+    long n = 0;
+
+    HASH_FIND(phh, r->paused, &token, sizeof(token), s);
+    if (s == NULL)
+        return -1;
+    HASH_DELETE(phh, r->paused, s);
+    s->client->npaused--;
+    s->paused = 0;
+    s->floor = floor;
+    s->gate = floor > 0;
+    for (const lq_change *ev = replay; ev; ev = ev->next) {
+        dispatch d;
+        int has_orig = ev->original != NULL;
+        if (ev->op != LQ_CHANGE_CREATE && ev->op != LQ_CHANGE_UPDATE && ev->op != LQ_CHANGE_DELETE)
+            continue;
+        if (strcmp(ev->class_name, s->g->c->name) != 0)
+            continue;
+        int m_cur = lq_query_match(s->g->q, ev->object, now_ms);
+        int m_orig = has_orig && lq_query_match(s->g->q, ev->original, now_ms);
+        if (!m_cur && !m_orig)
+            continue;
+        dispatch_begin(&d, r, ev, now_ms, deliver, ud);
+        visit_sub(&d, s, m_cur, m_orig, lq_event_classify(ev->op, has_orig, m_orig, m_cur));
+        dispatch_end(&d);
+        n += (long)d.delivered;
+    }
+    return n;
 }

@@ -25,6 +25,7 @@
 #define LIVEQUERY_BUS_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 #include "livequery/config.h"
 #include "livequery/event.h"
@@ -58,6 +59,16 @@ void lq_bus_free(lq_bus *b);
 /* Takes every queued change, oldest first, as a list linked by ->next; the
  * caller owns them (lq_change_free). NULL when empty. */
 lq_change *lq_bus_take(lq_bus *b);
+
+/* Asks the bus thread for class_name's position (the resume extension,
+ * protocol/PROTOCOL.md), answered by an LQ_CHANGE_POSITION change with this
+ * token, queued in order with the events: status OK with the class's epoch
+ * and last published seq (both empty/0 when it has no history) and, when
+ * since_epoch is given, the events after (since_epoch, since_seq) in replay;
+ * GONE when those are no longer all in the history; UNAVAILABLE when Redis
+ * could not be read. Service thread. */
+void lq_bus_position(lq_bus *b, uint64_t token, const char *class_name, const char *since_epoch,
+                     int64_t since_seq);
 
 /* 1 while subscribed to Redis. Any thread. */
 int lq_bus_connected(const lq_bus *b);

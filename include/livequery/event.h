@@ -21,6 +21,7 @@ typedef enum lq_change_op {
     LQ_CHANGE_RESYNC, /* history of the class was lost: its subscribers must resubscribe (no object) */
     LQ_CHANGE_SCHEMA, /* the class's CLP is now clp (NULL: the class has none); no object */
     LQ_CHANGE_CLEAR_CACHE, /* Parse Server's <appId>clearCache: object = {"userId":…} or NULL; class_name "" */
+    LQ_CHANGE_POSITION, /* the answer to lq_bus_position: token, status, epoch/seq, replay */
 } lq_change_op;
 
 #define LQ_CLASS_NAME_MAX 128
@@ -38,7 +39,17 @@ typedef struct lq_change {
     int64_t seq;      /* 0 when the publisher gave none */
     char epoch[40];   /* "" when the publisher gave none */
     int64_t ts_ms;    /* publish time, 0 when unknown */
+    /* LQ_CHANGE_POSITION only */
+    uint64_t token;   /* the requester's handle */
+    int status;       /* lq_position_status */
+    struct lq_change *replay; /* owned: the events after the asked position, oldest first */
 } lq_change;
+
+typedef enum lq_position_status {
+    LQ_POSITION_OK = 0,      /* epoch/seq: the class's position; replay: what followed `since` */
+    LQ_POSITION_GONE,        /* the events after `since` are no longer all in the history */
+    LQ_POSITION_UNAVAILABLE, /* Redis could not be read; try again */
+} lq_position_status;
 
 /* Frees ev and the objects it owns. Accepts NULL. */
 void lq_change_free(lq_change *ev);

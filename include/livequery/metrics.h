@@ -72,6 +72,9 @@
     X(clp_changes, counter, "class-level permission changes applied")                            \
     X(subscriptions_denied, counter, "subscriptions refused or ended by CLP or protectedFields")   \
     X(deliveries_withheld_clp, counter, "matches withheld by pointer permissions")               \
+    X(resumes, counter, "positions subscriptions started (resumed or fresh)")                     \
+    X(resume_events, counter, "events replayed to subscriptions resuming from a position")       \
+    X(resumes_gone, counter, "resumes refused: the events after the position are gone")          \
     X(deliveries_fields_hidden, counter, "deliveries with protected fields removed")
 
 typedef struct lq_metrics {

@@ -14,6 +14,7 @@
 
 #include <jansson.h>
 #include <stddef.h>
+#include <stdint.h>
 
 #include "livequery/error.h"
 #include "livequery/jsonout.h"
@@ -34,6 +35,11 @@ typedef struct lq_request {
     const json_t *where;        /* subscribe / update: a JSON object */
     const json_t *keys;         /* subscribe / update: array of unique strings, or NULL */
     const json_t *watch;        /* subscribe / update: array of unique strings, or NULL */
+    /* subscribe / update, the resume extension (protocol/PROTOCOL.md) */
+    int positions;              /* frames carry each event's epoch and seq */
+    int has_since;              /* resume after (since_epoch, since_seq); implies positions */
+    char since_epoch[40];
+    int64_t since_seq;
 } lq_request;
 
 typedef enum lq_parse_result {

@@ -39,6 +39,10 @@
 #include "livequery/query.h"
 
 typedef struct lq_registry lq_registry;
+
+/* Positions subscriptions one connection may have waiting for their position
+ * at once (each is a history read on the bus thread); more get 155. */
+#define LQ_MAX_PAUSED 16
 typedef struct lq_client lq_client;
 
 typedef struct lq_registry_limits {
@@ -79,6 +83,8 @@ int lq_registry_client_watches(const lq_client *c, const char *class_name);
 typedef struct lq_sub_auth {
     lq_principals *who; /* borrowed; the subscription takes a reference */
     void *tag;
+    uint64_t token;     /* a positions subscription (req->positions): the caller's
+                           handle for it while it waits for its position, != 0 */
 } lq_sub_auth;
 
 /* Subscribes c with a validated subscribe/update request (borrowed; where
@@ -86,7 +92,9 @@ typedef struct lq_sub_auth {
  * same requestId is replaced. auth may be NULL. Returns LQ_OK, or LQ_ERR with
  * err set (102 invalid query or className, 155 too many subscriptions, 119 /
  * 101 CLP denies, 119 "Permission denied" for a protected field in where or
- * watch); on error nothing changes (the replaced subscription stays). */
+ * watch); on error nothing changes (the replaced subscription stays).
+ * A subscription asking for positions (req->positions) starts paused: it
+ * gets no events until lq_registry_activate (auth->token names it). */
 int lq_registry_subscribe(lq_registry *r, lq_client *c, const lq_request *req,
                           const lq_sub_auth *auth, lq_error *err);
 
@@ -115,15 +123,28 @@ size_t lq_registry_revoke_tag(lq_registry *r, void *tag, const lq_error *err, lq
 int lq_registry_unsubscribe(lq_registry *r, lq_client *c, double request_id);
 
 /* Called once per delivery: body is borrowed (incref to keep it), rid is the
- * subscription's requestId. */
+ * subscription's requestId; pos: the event, when the subscription wants each
+ * event's epoch and seq in its frames (positions), else NULL. */
 typedef void (*lq_deliver_fn)(void *conn, lq_body *body, lq_event_type type, double rid,
-                              void *ud);
+                              const lq_change *pos, void *ud);
 
 /* Fans one change (borrowed) out to every subscription it concerns, calling
  * deliver for each. now_ms is the current time ($relativeTime). Returns the
  * number of deliveries. */
 size_t lq_registry_dispatch(lq_registry *r, const lq_change *ev, int64_t now_ms,
                             lq_deliver_fn deliver, void *ud);
+
+/* The paused subscription named token: sets *conn and *rid and returns 1, or
+ * returns 0 (it was removed or replaced meanwhile). */
+int lq_registry_paused(const lq_registry *r, uint64_t token, void **conn, double *rid);
+
+/* Starts the paused subscription named token: each change of replay
+ * (borrowed list, oldest first) is delivered to it alone, as a dispatch
+ * would have, then it takes live events, except those of its class with a
+ * seq at or below floor (already covered by the position it was given).
+ * Returns the deliveries made, or -1 when there is no such subscription. */
+long lq_registry_activate(lq_registry *r, uint64_t token, const lq_change *replay, int64_t floor,
+                          int64_t now_ms, lq_deliver_fn deliver, void *ud);
 
 /* Counts, for metrics and tests. */
 size_t lq_registry_group_count(const lq_registry *r);

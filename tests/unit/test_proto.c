@@ -72,6 +72,42 @@ static void test_fields(void)
     lq_request_release(&req);
 }
 
+/* The resume extension: positions / since (protocol/PROTOCOL.md). */
+static void test_positions(void)
+{
+    const char *a = "{\"op\":\"subscribe\",\"requestId\":1,\"query\":{\"className\":\"A\",\"where\":{}},"
+                    "\"since\":{\"epoch\":\"8f0c2a\",\"seq\":9007199254740991}}";
+    const char *b = "{\"op\":\"update\",\"requestId\":1,\"query\":{\"className\":\"A\",\"where\":{}},"
+                    "\"positions\":true}";
+    const char *plain = "{\"op\":\"subscribe\",\"requestId\":1,\"query\":{\"className\":\"A\",\"where\":{}},"
+                        "\"positions\":false}";
+    const char *bad[] = {
+        "{\"op\":\"subscribe\",\"requestId\":1,\"query\":{\"className\":\"A\",\"where\":{}},\"positions\":1}",
+        "{\"op\":\"subscribe\",\"requestId\":1,\"query\":{\"className\":\"A\",\"where\":{}},\"since\":{\"epoch\":\"e\",\"seq\":9007199254740992}}",
+        "{\"op\":\"subscribe\",\"requestId\":1,\"query\":{\"className\":\"A\",\"where\":{}},\"since\":{\"epoch\":\"0123456789012345678901234567890123456789\",\"seq\":1}}",
+        "{\"op\":\"subscribe\",\"requestId\":1,\"query\":{\"className\":\"A\",\"where\":{}},\"since\":{\"seq\":1}}",
+        "{\"op\":\"subscribe\",\"requestId\":1,\"query\":{\"className\":\"A\",\"where\":{}},\"since\":[]}",
+    };
+    lq_request req;
+    lq_error err;
+
+    ASSERT_EQ(lq_proto_parse(a, strlen(a), 64, &req, &err), LQ_PARSE_OK);
+    ASSERT_TRUE(req.has_since && req.positions);
+    ASSERT_STREQ(req.since_epoch, "8f0c2a");
+    ASSERT_TRUE(req.since_seq == 9007199254740991LL);
+    lq_request_release(&req);
+    ASSERT_EQ(lq_proto_parse(b, strlen(b), 64, &req, &err), LQ_PARSE_OK);
+    ASSERT_TRUE(req.positions && !req.has_since);
+    lq_request_release(&req);
+    ASSERT_EQ(lq_proto_parse(plain, strlen(plain), 64, &req, &err), LQ_PARSE_OK);
+    ASSERT_TRUE(!req.positions && !req.has_since);
+    lq_request_release(&req);
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        ASSERT_EQ(lq_proto_parse(bad[i], strlen(bad[i]), 64, &req, &err), LQ_PARSE_ERROR);
+        ASSERT_EQ(err.code, 1);
+    }
+}
+
 static void test_encoders(void)
 {
     lq_buf ids, b;
@@ -104,6 +140,7 @@ static void test_encoders(void)
 int main(int argc, char **argv)
 {
     static const lq_test_case cases[] = {
-        {"vectors", test_vectors}, {"fields", test_fields}, {"encoders", test_encoders}, {NULL, NULL}};
+        {"vectors", test_vectors}, {"fields", test_fields}, {"positions", test_positions},
+        {"encoders", test_encoders}, {NULL, NULL}};
     return lq_test_run(cases, argc, argv);
 }

@@ -15,7 +15,8 @@ typedef struct got {
 static got deliveries[64];
 static size_t ndeliveries;
 
-static void record(void *conn, lq_body *body, lq_event_type type, double rid, void *ud)
+static void record(void *conn, lq_body *body, lq_event_type type, double rid,
+                   const lq_change *pos, void *ud)
 {
     (void)ud;
     if (ndeliveries < 64) {
@@ -45,7 +46,7 @@ static int subscribe_as(lq_registry *r, lq_client *c, const char *frame, lq_prin
 {
     lq_request req;
     lq_error perr;
-    lq_sub_auth auth = {who, tag};
+    lq_sub_auth auth = {who, tag, 0};
     if (lq_proto_parse(frame, strlen(frame), 64, &req, &perr) != LQ_PARSE_OK)
         return -100;
     int rc = lq_registry_subscribe(r, c, &req, &auth, err);
