@@ -388,6 +388,19 @@ static int resync(lq_bus *b, class_seq *st, const char *epoch, int64_t seq, cons
     return enqueue(b, ev);
 }
 
+/* One entry of an XRANGE reply on a history stream (ID, [field "m", message]),
+ * parsed; NULL when it is not one of our messages. */
+static lq_change *stream_entry(const redisReply *e)
+{
+    const redisReply *f;
+    const char *reason = NULL;
+
+    if (e->type != REDIS_REPLY_ARRAY || e->elements != 2 || (f = e->element[1])->type != REDIS_REPLY_ARRAY ||
+        f->elements < 2 || f->element[1]->type != REDIS_REPLY_STRING)
+        return NULL;
+    return lq_bus_parse(LQ_BUS_OURS, f->element[1]->str, f->element[1]->len, &reason);
+}
+
 /* Queues the events after st->seq up to `to` (inclusive; INT64_MAX: all)
  * from the class's history stream. Returns 1 (wake), 0 (nothing queued), or
  * -1 when history cannot fill the gap (caller resyncs). */
@@ -414,12 +427,7 @@ static int repair(lq_bus *b, class_seq *st, int64_t to, int *wake)
         return -1;
     }
     for (size_t i = 0; i < r->elements; i++) {
-        redisReply *e = r->element[i], *f;
-        const char *reason = NULL;
-        lq_change *ev = NULL;
-        if (e->type == REDIS_REPLY_ARRAY && e->elements == 2 && (f = e->element[1])->type == REDIS_REPLY_ARRAY &&
-            f->elements >= 2 && f->element[1]->type == REDIS_REPLY_STRING)
-            ev = lq_bus_parse(LQ_BUS_OURS, f->element[1]->str, f->element[1]->len, &reason);
+        lq_change *ev = stream_entry(r->element[i]);
         if (ev == NULL || ev->seq != expect || strcmp(ev->epoch, st->epoch) != 0) {
             lq_change_free(ev);
             break;
@@ -683,12 +691,7 @@ static lq_change *position_answer(lq_bus *b, const pos_req *q)
     }
     expect = q->since_seq + 1;
     for (size_t i = 0; i < r->elements; i++) {
-        redisReply *e = r->element[i], *f;
-        const char *reason = NULL;
-        lq_change *ev = NULL;
-        if (e->type == REDIS_REPLY_ARRAY && e->elements == 2 && (f = e->element[1])->type == REDIS_REPLY_ARRAY &&
-            f->elements >= 2 && f->element[1]->type == REDIS_REPLY_STRING)
-            ev = lq_bus_parse(LQ_BUS_OURS, f->element[1]->str, f->element[1]->len, &reason);
+        lq_change *ev = stream_entry(r->element[i]);
         if (ev == NULL || ev->seq != expect || strcmp(ev->epoch, ans->epoch) != 0 ||
             ev->op == LQ_CHANGE_RESYNC || ev->op == LQ_CHANGE_SCHEMA) {
             lq_change_free(ev);
