@@ -44,6 +44,7 @@
 #include <uthash.h>
 #include <utlist.h>
 
+#include "livequery/clock.h"
 #include "livequery/error.h"
 #include "livequery/json.h"
 #include "livequery/jsonout.h"
@@ -164,13 +165,6 @@ struct lq_auth {
 };
 
 /*---- small helpers -----------------------------------------------------------------*/
-
-static int64_t wall_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
 
 static char *concat(const char *a, const char *b)
 {
@@ -347,7 +341,7 @@ static void push_result(lq_auth *a, job *j)
 
 static void warn_mongo(lq_auth *a, const char *what, const bson_error_t *err)
 {
-    int64_t now = wall_ms(), last = atomic_load(&a->last_warn_ms);
+    int64_t now = lq_wall_ms(), last = atomic_load(&a->last_warn_ms);
     LQ_METRIC_INC(auth_lookup_errors);
     if (now - last >= WARN_INTERVAL_MS && atomic_compare_exchange_strong(&a->last_warn_ms, &last, now))
         LQ_WARN("auth cannot read MongoDB; the lookup is UNAVAILABLE", "what=%s code=%u error=\"%s\"",
@@ -645,7 +639,7 @@ static void run_session(lq_auth *a, mongoc_client_t *client, job *j)
         settle(j, R_INVALID, "no user");
         return;
     }
-    if (j->expires_ms != 0 && j->expires_ms <= wall_ms()) {
+    if (j->expires_ms != 0 && j->expires_ms <= lq_wall_ms()) {
         settle(j, R_INVALID, "expired");
         return;
     }
@@ -1176,7 +1170,7 @@ static void sweep(lq_auth *a, int64_t now)
 
 lq_session *lq_auth_get(lq_auth *a, const char *token)
 {
-    int64_t now = wall_ms();
+    int64_t now = lq_wall_ms();
     entry *e;
     HASH_FIND_STR(a->tokens, token, e);
     if (e && e->refs == 0 && e->idle_since + a->ttl_ms <= now) {
@@ -1231,7 +1225,7 @@ void lq_auth_release(lq_auth *a, lq_session *s)
     if (a == NULL || s == NULL)
         return;
     entry *e = (entry *)s;
-    int64_t now = wall_ms();
+    int64_t now = lq_wall_ms();
     if (release_entry(a, e, now))
         sweep(a, now);
 }

@@ -16,6 +16,7 @@
 #include <unistd.h>
 #include <uthash.h>
 
+#include "livequery/clock.h"
 #include "livequery/error.h"
 #include "livequery/jsonout.h"
 #include "livequery/log.h"
@@ -78,15 +79,7 @@ struct lq_bus {
     lq_change *head, *tail;
     size_t count;
     pos_req *reqs, *reqs_tail; /* position requests, oldest first */
-    size_t nreqs;
 };
-
-static int64_t now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
 
 /*---- message parsing ---------------------------------------------------------*/
 
@@ -347,9 +340,9 @@ static int serve_positions(lq_bus *b);
  * Returns 1 when stopping. */
 static int nap(lq_bus *b, int ms)
 {
-    int64_t until = now_ms() + ms, left;
+    int64_t until = lq_mono_ms() + ms, left;
 
-    while (!atomic_load(&b->stopping) && (left = until - now_ms()) > 0) {
+    while (!atomic_load(&b->stopping) && (left = until - lq_mono_ms()) > 0) {
         struct pollfd p[2] = {{b->stop_pipe[0], POLLIN, 0}, {b->req_pipe[0], POLLIN, 0}};
         if (poll(p, 2, (int)left) > 0 && p[1].revents && serve_positions(b))
             b->notify(b->ud);
@@ -632,7 +625,6 @@ void lq_bus_position(lq_bus *b, uint64_t token, const char *class_name, const ch
     else
         b->reqs = q;
     b->reqs_tail = q;
-    b->nreqs++;
     pthread_mutex_unlock(&b->lock);
     if (was_empty && write(b->req_pipe[1], "r", 1) < 0) {
         /* the pipe is full: the thread has a wake-up pending anyway */
@@ -643,11 +635,12 @@ void lq_bus_position(lq_bus *b, uint64_t token, const char *class_name, const ch
  * answer to hand over. The bus thread is the only reader of the pub/sub
  * connection, so every live event it queued before this answer was published
  * before the HMGET below: its seq is at most the position returned, and every
- * later one is above it or is skipped by the subscription (registry floor). */
-static lq_change *position_answer(lq_bus *b, const pos_req *q)
+ * later one is above it or is skipped by the subscription (registry floor).
+ * reachable 0: Redis just failed for an earlier request; answer UNAVAILABLE. */
+static lq_change *position_answer(lq_bus *b, const pos_req *q, int reachable)
 {
     lq_change *ans = lq_xcalloc(1, sizeof(*ans)), **tail = &ans->replay;
-    redisContext *c = cmd_conn(b);
+    redisContext *c = reachable ? cmd_conn(b) : NULL;
     redisReply *r = c ? redisCommand(c, "HMGET %stailer:%s epoch seq", b->key_base, q->class_name) : NULL;
     int64_t head, expect;
 
@@ -718,7 +711,7 @@ static int serve_positions(lq_bus *b)
 {
     char drain[64];
     pos_req *q;
-    int wake = 0;
+    int wake = 0, down = 0;
 
     while (read(b->req_pipe[0], drain, sizeof(drain)) == (ssize_t)sizeof(drain)) {
     }
@@ -729,12 +722,14 @@ static int serve_positions(lq_bus *b)
             b->reqs = q->next;
             if (b->reqs == NULL)
                 b->reqs_tail = NULL;
-            b->nreqs--;
         }
         pthread_mutex_unlock(&b->lock);
         if (q == NULL)
             return wake;
-        lq_change *ans = position_answer(b, q);
+        /* once Redis failed, the rest of the batch is told so without waiting
+         * out a connect timeout each */
+        lq_change *ans = position_answer(b, q, !down);
+        down |= ans->status == LQ_POSITION_UNAVAILABLE;
         LQ_DEBUG("position answered", "class=%s status=%d epoch=%s seq=%lld since=%lld", q->class_name,
                  ans->status, ans->epoch, (long long)ans->seq, (long long)q->since_seq);
         free(q);
@@ -800,7 +795,7 @@ static int flush(redisContext *c)
 /* One connection's life: subscribe, then read until error or stop. */
 static void session(lq_bus *b, redisContext *c)
 {
-    int64_t last_rx = now_ms();
+    int64_t last_rx = lq_mono_ms();
     int ping_out = 0;
 
     if (redisAppendCommand(c, "SUBSCRIBE %s %s %s %s", b->channels[0], b->channels[1],
@@ -810,7 +805,7 @@ static void session(lq_bus *b, redisContext *c)
     while (!atomic_load(&b->stopping)) {
         struct pollfd p[3] = {{c->fd, POLLIN, 0}, {b->stop_pipe[0], POLLIN, 0}, {b->req_pipe[0], POLLIN, 0}};
         int n = poll(p, 3, 1000);
-        int64_t now = now_ms();
+        int64_t now = lq_mono_ms();
         if (n < 0 && errno != EINTR)
             return;
         if (n > 0 && p[0].revents) {

@@ -35,6 +35,7 @@
 #include "livequery/acl.h"
 #include "livequery/auth.h"
 #include "livequery/bus.h"
+#include "livequery/clock.h"
 #include "livequery/event.h"
 #include "livequery/json.h"
 #include "livequery/jsonout.h"
@@ -134,13 +135,6 @@ struct lq_gateway {
     lq_buf scratch; /* one frame or head at a time */
     lq_buf posframe; /* one frame of a positions subscription */
 };
-
-static int64_t wall_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
 
 /* Monotonic milliseconds for per-message bookkeeping: on libuv the loop's
  * cached time (updated once per wake-up, no system call); on lws' poll loop
@@ -483,7 +477,7 @@ static void auth_poll(lq_gateway *gw)
 {
     if (gw->auth == NULL)
         return;
-    lq_auth_poll(gw->auth, wall_ms(), &auth_hooks, gw);
+    lq_auth_poll(gw->auth, lq_wall_ms(), &auth_hooks, gw);
     flush_unref(gw);
 }
 
@@ -854,7 +848,7 @@ static void resync_class(lq_gateway *gw, const lq_change *ev)
 static void drain_bus(lq_gateway *gw)
 {
     lq_change *ev, *next;
-    int64_t now = wall_ms();
+    int64_t now = lq_wall_ms();
 
     size_t n = 0;
     conn *c;
@@ -1337,7 +1331,7 @@ lq_gateway *lq_gateway_new(const lq_config *cfg)
 /* Ends the drain once no connection is left or the deadline has passed. */
 static void drain_check(lq_gateway *gw)
 {
-    if (gw->drained || (gw->nconns > 0 && wall_ms() < gw->drain_deadline))
+    if (gw->drained || (gw->nconns > 0 && lq_wall_ms() < gw->drain_deadline))
         return;
     gw->drained = 1;
     if (gw->uv)
@@ -1373,7 +1367,7 @@ int lq_gateway_run(lq_gateway *gw)
     /* Going away: every client gets what is already queued, then a 1001 close,
      * so SDKs reconnect (to another gateway) at once instead of timing out. */
     gw->draining = 1;
-    gw->drain_deadline = wall_ms() + DRAIN_MS;
+    gw->drain_deadline = lq_wall_ms() + DRAIN_MS;
     LQ_INFO("draining", "connections=%d", gw->nconns);
     DL_FOREACH(gw->conns, c) {
         close_after_flush(c, LWS_CLOSE_STATUS_GOINGAWAY, "going away");

@@ -17,6 +17,7 @@
 #include <unistd.h>
 #include <uthash.h>
 
+#include "livequery/clock.h"
 #include "livequery/error.h"
 #include "livequery/event.h"
 #include "livequery/jsonout.h"
@@ -199,20 +200,6 @@ struct lq_tailer {
     int clp_generation; /* leadership generation clps was published in (0: none) */
 };
 
-static int64_t now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-static int64_t wall_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 /* Sleeps ms, or less when stopping. Returns 1 when stopping. */
 static int nap(lq_tailer *t, int ms)
 {
@@ -239,7 +226,7 @@ static void random_hex(char *out, size_t nbytes)
     if (nbytes > sizeof(raw))
         nbytes = sizeof(raw);
     if (getrandom(raw, nbytes, 0) != (ssize_t)nbytes) {
-        uint64_t x = (uint64_t)wall_ms() ^ ((uint64_t)getpid() << 32) ^ (uint64_t)(uintptr_t)out;
+        uint64_t x = (uint64_t)lq_wall_ms() ^ ((uint64_t)getpid() << 32) ^ (uint64_t)(uintptr_t)out;
         for (size_t i = 0; i < nbytes; i++) {
             x = x * 6364136223846793005ULL + 1442695040888963407ULL;
             raw[i] = (unsigned char)(x >> 56);
@@ -699,7 +686,7 @@ static int clps_publish(stream_ctx *s, clp_entry **fresh, int generation)
 {
     lq_tailer *t = s->t;
     int full = t->clp_generation != generation;
-    int64_t ts = wall_ms();
+    int64_t ts = lq_wall_ms();
     clp_entry *e, *tmp, *old;
     size_t count = HASH_COUNT(*fresh) + HASH_COUNT(t->clps);
     size_t *offs = lq_xcalloc(3 * count + 8, sizeof(*offs));
@@ -958,7 +945,7 @@ static pub_result new_epoch(stream_ctx *s, const char *reason, const char *token
     random_hex(epoch, 8);
     json_t *m = json_pack("{s:i,s:s,s:s,s:s,s:i,s:s,s:I}", "v", 1, "className", s->class_name,
                           "op", "resync", "epoch", epoch, "seq", 0, "reason", reason, "ts",
-                          (json_int_t)wall_ms());
+                          (json_int_t)lq_wall_ms());
     char *text = json_dumps(m, JSON_COMPACT);
     json_decref(m);
     LQ_ERROR("tailer starts a new epoch: subscribers of the class must resync", "class=%s reason=\"%s\" old_epoch=%s epoch=%s last_seq=%lld",
@@ -1134,7 +1121,7 @@ static ev_result handle_event(stream_ctx *s, const bson_t *ev, char **reopen_tok
         lq_buf_append(m, num, (size_t)n);
         lq_buf_puts(m, ",\"epoch\":");
         lq_buf_json_string(m, s->epoch, strlen(s->epoch));
-        n = snprintf(num, sizeof(num), ",\"ts\":%lld}", (long long)wall_ms());
+        n = snprintf(num, sizeof(num), ",\"ts\":%lld}", (long long)lq_wall_ms());
         lq_buf_append(m, num, (size_t)n);
         /* the cache keeps the object as published; the queue takes a copy of the message */
         if (id[0]) {
@@ -1270,7 +1257,7 @@ static void class_term(stream_ctx *s, int generation)
         mongoc_change_stream_t *cs = open_stream(s, client, s->token);
         const bson_t *doc, *reply = NULL;
         bson_error_t error;
-        int64_t last_store = now_ms();
+        int64_t last_store = lq_mono_ms();
         int failed = 0;
 
         LQ_METRIC_INC(tailer_streams_opened);
@@ -1306,10 +1293,10 @@ static void class_term(stream_ctx *s, int generation)
                 }
                 break;
             }
-            if (now_ms() - last_store >= TOKEN_IDLE_MS) {
+            if (lq_mono_ms() - last_store >= TOKEN_IDLE_MS) {
                 if (store_idle_token(s, cs) != PUB_OK)
                     break;
-                last_store = now_ms();
+                last_store = lq_mono_ms();
             }
         }
         mongoc_change_stream_destroy(cs);
@@ -1433,7 +1420,7 @@ static void *lease_main(void *arg)
         if (c && !atomic_load(&t->leader)) {
             r = redisCommand(c, "SET %s %s NX PX %d", t->lease_key, t->id, ttl);
             if (r && r->type == REDIS_REPLY_STATUS) {
-                last_ok = now_ms();
+                last_ok = lq_mono_ms();
                 atomic_fetch_add(&t->generation, 1);
                 atomic_store(&t->leader, 1);
                 LQ_METRIC_SET(tailer_leader, 1);
@@ -1443,7 +1430,7 @@ static void *lease_main(void *arg)
         } else if (c) {
             r = redisCommand(c, "EVAL %s 1 %s %s %d", RENEW_LUA, t->lease_key, t->id, ttl);
             if (r && r->type == REDIS_REPLY_INTEGER && r->integer == 1) {
-                last_ok = now_ms();
+                last_ok = lq_mono_ms();
             } else if (r && r->type == REDIS_REPLY_INTEGER) {
                 if (atomic_exchange(&t->leader, 0)) {
                     LQ_METRIC_INC(tailer_lease_lost);
@@ -1458,7 +1445,7 @@ static void *lease_main(void *arg)
         if (r)
             freeReplyObject(r);
         /* cannot renew: past ttl minus one period another tailer may hold it */
-        if (atomic_load(&t->leader) && now_ms() - last_ok > ttl - every) {
+        if (atomic_load(&t->leader) && lq_mono_ms() - last_ok > ttl - every) {
             atomic_store(&t->leader, 0);
             LQ_METRIC_INC(tailer_lease_lost);
             LQ_WARN("tailer cannot renew its lease: publishing stopped", "id=%s", t->id);

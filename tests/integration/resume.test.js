@@ -264,3 +264,25 @@ h.test(`at most 16 positions subscriptions of a connection wait for their positi
     assert.equal(f.op, 'subscribed', h.show(f));
   }
 });
+
+h.test('Redis unreachable: a positions subscribe gets error 100 reconnect:true at once, and works once Redis is back', async () => {
+  const r2 = await h.startRedis();
+  const g2 = await h.startGateway({ redis: r2 });
+  const c = await h.wsClient(g2.url);
+  await c.connect();
+  await r2.stop();
+  const t0 = Date.now();
+  for (const rid of [1, 2]) {
+    const f = await psub(c, rid, {}, rid === 1 ? { positions: true } : { since: { epoch: 'e', seq: 1 } });
+    assert.equal(f.op, 'error', h.show(f));
+    assert.equal(f.code, 100);
+    assert.equal(f.reconnect, true);
+    assert.match(f.error, new RegExp(`Live query position for class ${CLS} could not be read now; try again`));
+  }
+  assert.ok(Date.now() - t0 < 2000, `answered at once, not after connect timeouts (${Date.now() - t0} ms)`);
+  await r2.start();
+  await h.waitFor(async () => (await M.metrics(g2)).bus_connected === 1, { timeout: 10000, what: 'bus reconnected' });
+  const ok = await psub(c, 3, {}, { positions: true });
+  assert.deepEqual(ok, c.expectedReply('subscribed', 3), 'no history for the class yet: no position');
+  assert.ok(c.isOpen);
+});
