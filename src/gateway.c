@@ -168,7 +168,7 @@ static void queue_clear(conn *c)
 static void push(conn *c, lq_body *body, int type, double rid)
 {
     if (c->qlen == c->qcap) {
-        uint32_t ncap = c->qcap ? c->qcap * 2 : 8;
+        uint32_t ncap = c->qcap ? c->qcap * 2 : 2; /* most connections are idle */
         qentry *nq = lq_xmalloc(ncap * sizeof(qentry));
         for (uint32_t i = 0; i < c->qlen; i++)
             nq[i] = c->q[(c->qhead + i) % c->qcap];
@@ -518,6 +518,9 @@ static void on_connect(lq_gateway *gw, conn *c, const lq_request *req)
     }
     client_id_new(c->client_id);
     lq_proto_ids(&c->ids, c->client_id, req->installation_id);
+    /* kept for the connection's life, so no slack: ~190 bytes per connection */
+    c->ids.data = lq_xrealloc(c->ids.data, c->ids.len + 1);
+    c->ids.cap = c->ids.len + 1;
     c->client = lq_registry_client_new(gw->reg, c, master);
     send_reply(gw, c, "connected", 0, 0);
     LQ_DEBUG("client connected", "client=%s master=%d", c->client_id, master);
@@ -1216,9 +1219,11 @@ static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *use
 }
 
 static const struct lws_protocols protocols[] = {
-    /* rx_buffer_size small: messages are reassembled in conn.rx, and an idle
-     * connection then costs ~2 KB instead of ~5 KB (DESIGN facts) */
-    {"livequery", callback, sizeof(conn), 1024, 0, NULL, 0},
+    /* rx_buffer_size small: lws allocates it per connection (+ LWS_PRE), and
+     * messages are reassembled in conn.rx anyway (a subscribe arrives in two
+     * or three pieces). 1024 cost 900 bytes more per idle connection
+     * (BENCHMARKS.md, memory) */
+    {"livequery", callback, sizeof(conn), 128, 0, NULL, 0},
     {NULL, NULL, 0, 0, 0, NULL, 0},
 };
 

@@ -159,7 +159,9 @@ static void *arena_alloc(struct compiler *c, size_t size)
     if (size == 0)
         size = align;
     if (ch == NULL || ch->cap - ch->used < size) {
-        size_t cap = ch == NULL ? 512 : ch->cap < 8192 ? ch->cap * 2 : 8192;
+        /* small first: one query per distinct subscription, most of them one
+         * equality: 384 bytes in one chunk) */
+        size_t cap = ch == NULL ? 384 : ch->cap < 8192 ? ch->cap * 2 : 8192;
         if (cap < size)
             cap = size;
         ch = malloc(sizeof(*ch) + cap);

@@ -13,6 +13,7 @@
  */
 #include "livequery/registry.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <uthash.h>
@@ -56,7 +57,10 @@ typedef struct cls cls;
 
 typedef struct sub {
     double rid;
-    UT_hash_handle hh; /* in client->subs */
+    /* in client->subs: a list, not a hash. A client holds a few subscriptions
+     * (at most --max-subscriptions), looked up only on (un)subscribe, and a
+     * uthash table costs ~600 bytes per client before its first entry. */
+    struct sub *cprev, *cnext;
     struct sub *prev, *next; /* in group->subs */
     lq_client *client;
     group *g;
@@ -64,7 +68,8 @@ typedef struct sub {
     char **watch; /* NULL-terminated, or NULL */
     lq_principals *who; /* referenced */
     void *tag;          /* the caller's session handle, or NULL */
-    json_t *where;      /* referenced: for re-checks */
+    char *where;        /* compact JSON text, for re-checks: a jansson tree kept
+                         * per subscription cost ~260 bytes, the text ~40 */
     int verdict;        /* LQ_CLP_ALLOW or LQ_CLP_POINTER */
     char **ptr_fields;  /* LQ_CLP_POINTER: the pointer fields */
     hidden *hid;        /* static hidden fields, or NULL */
@@ -282,7 +287,7 @@ static void sub_remove(lq_registry *r, sub *s)
     lq_client *cl = s->client;
     group *g = s->g;
 
-    HASH_DEL(cl->subs, s);
+    DL_DELETE2(cl->subs, s, cprev, cnext);
     cl->nsubs--;
     if (s->paused) {
         HASH_DELETE(phh, r->paused, s);
@@ -294,7 +299,7 @@ static void sub_remove(lq_registry *r, sub *s)
     lq_strv_free(s->watch);
     lq_strv_free(s->ptr_fields);
     hidden_put(r, s->hid);
-    json_decref(s->where);
+    free(s->where);
     lq_principals_unref(s->who);
     if (s->tag && r->tag_release)
         r->tag_release(r->tag_ud, s->tag);
@@ -343,7 +348,7 @@ void lq_registry_client_free(lq_registry *r, lq_client *c)
 
     if (c == NULL)
         return;
-    HASH_ITER(hh, c->subs, s, tmp) {
+    DL_FOREACH_SAFE2(c->subs, s, tmp, cnext) {
         sub_remove(r, s);
     }
     DL_DELETE(r->clients, c);
@@ -362,7 +367,7 @@ int lq_registry_client_count(const lq_client *c)
 
 int lq_registry_client_watches(const lq_client *c, const char *class_name)
 {
-    for (const sub *s = c->subs; s; s = s->hh.next)
+    for (const sub *s = c->subs; s; s = s->cnext)
         if (strcmp(s->g->c->name, class_name) == 0)
             return 1;
     return 0;
@@ -545,6 +550,15 @@ static int authorize(lq_registry *r, const char *class_name, const json_t *where
     return LQ_OK;
 }
 
+/* The client's subscription with request id rid (normalized), or NULL. */
+static sub *client_sub(const lq_client *cl, double rid)
+{
+    for (sub *s = cl->subs; s; s = s->cnext)
+        if (s->rid == rid)
+            return s;
+    return NULL;
+}
+
 int lq_registry_subscribe(lq_registry *r, lq_client *cl, const lq_request *req,
                           const lq_sub_auth *auth, lq_error *err)
 {
@@ -560,7 +574,7 @@ int lq_registry_subscribe(lq_registry *r, lq_client *cl, const lq_request *req,
         lq_error_set(err, LQ_PARSE_ERR_INVALID_QUERY, "invalid className: %.128s", req->class_name);
         return LQ_ERR;
     }
-    HASH_FIND(hh, cl->subs, &rid, sizeof(rid), old);
+    old = client_sub(cl, rid);
     if (old == NULL && cl->nsubs >= r->lim.max_subscriptions) {
         lq_error_set(err, LQ_PARSE_ERR_LIMIT, "too many subscriptions on this connection (limit %d)",
                      r->lim.max_subscriptions);
@@ -603,7 +617,11 @@ int lq_registry_subscribe(lq_registry *r, lq_client *cl, const lq_request *req,
     s->client = cl;
     s->who = lq_principals_ref(who);
     s->tag = auth ? auth->tag : NULL;
-    s->where = json_incref((json_t *)req->where);
+    s->where = json_dumps(req->where, JSON_COMPACT);
+    if (s->where == NULL) {
+        fputs("livequeryd: out of memory\n", stderr);
+        abort();
+    }
     s->verdict = verdict;
     s->ptr_fields = ptr_fields;
     s->hid = hid;
@@ -619,7 +637,7 @@ int lq_registry_subscribe(lq_registry *r, lq_client *cl, const lq_request *req,
     }
     DL_APPEND(s->g->subs, s);
     s->g->nsubs++;
-    HASH_ADD(hh, cl->subs, rid, sizeof(s->rid), s);
+    DL_APPEND2(cl->subs, s, cprev, cnext);
     cl->nsubs++;
     r->nsubs++;
     LQ_METRIC_INC(subscriptions);
@@ -669,8 +687,17 @@ static void recheck_sub(lq_registry *r, sub *s, doomed *d)
     char **ptr_fields;
     hidden *hid;
 
-    if (authorize(r, s->g->c->name, s->where, s->watch, s->who, &verdict, &ptr_fields, &hid,
-                  &err) != LQ_OK) {
+    json_t *where = json_loads(s->where, JSON_ALLOW_NUL, NULL);
+    int rc;
+
+    if (where == NULL) { /* it was dumped from a valid tree: only memory can fail */
+        lq_error_set(&err, LQ_PARSE_ERR_RESYNC, "cannot re-check the subscription; subscribe again");
+        doom(d, s, &err);
+        return;
+    }
+    rc = authorize(r, s->g->c->name, where, s->watch, s->who, &verdict, &ptr_fields, &hid, &err);
+    json_decref(where);
+    if (rc != LQ_OK) {
         LQ_METRIC_INC(subscriptions_denied);
         doom(d, s, &err);
         return;
@@ -724,7 +751,7 @@ void lq_registry_recheck(lq_registry *r, const lq_principals *p, lq_revoke_fn re
     doomed d = {0};
 
     for (lq_client *cl = r->clients; cl; cl = cl->next)
-        for (sub *s = cl->subs; s; s = s->hh.next)
+        for (sub *s = cl->subs; s; s = s->cnext)
             if (s->who == p)
                 recheck_sub(r, s, &d);
     doom_execute(r, &d, revoke, ud);
@@ -738,7 +765,7 @@ size_t lq_registry_revoke_tag(lq_registry *r, void *tag, const lq_error *err, lq
     if (tag == NULL)
         return 0;
     for (lq_client *cl = r->clients; cl; cl = cl->next)
-        for (sub *s = cl->subs; s; s = s->hh.next)
+        for (sub *s = cl->subs; s; s = s->cnext)
             if (s->tag == tag)
                 doom(&d, s, err);
     return doom_execute(r, &d, revoke, ud);
@@ -749,7 +776,7 @@ int lq_registry_unsubscribe(lq_registry *r, lq_client *cl, double request_id)
     double rid = norm_rid(request_id);
     sub *s;
 
-    HASH_FIND(hh, cl->subs, &rid, sizeof(rid), s);
+    s = client_sub(cl, rid);
     if (s == NULL)
         return LQ_ERR_NOTFOUND;
     sub_remove(r, s);
