@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PKGS=(build-essential cmake pkg-config
-      libwebsockets-dev libhiredis-dev libjansson-dev libpcre2-dev libssl-dev libuv1-dev uthash-dev libwebsockets-evlib-uv
+      libwebsockets-dev libhiredis-dev libjansson-dev libpcre2-dev libssl-dev libuv1-dev uthash-dev libwebsockets-evlib-uv liburing-dev
       libmongoc-dev libbson-dev python3-mockupdb python3-pymongo
       redis-server
       clang libclang-rt-14-dev) # scripts/fuzz.sh: clang and its libFuzzer runtime

@@ -67,6 +67,9 @@ static const setting settings[] = {
      "seconds between pings; a peer silent for two intervals is dropped"},
     {"log-level", "LIVEQUERY_LOG_LEVEL", T_LOG_LEVEL, OFF(log_level), 0, 0, "info",
      "error, warn, info or debug"},
+    {"io-uring", "LIVEQUERY_IO_URING", T_INT, OFF(io_uring), 0, 1, "1",
+     "1: write an event's frames to all its subscribers with one io_uring submission (falls back to "
+     "send() where the kernel refuses io_uring); 0: one send() per connection"},
     {"event-loop", "LIVEQUERY_EVENT_LOOP", T_EVENT_LOOP, OFF(event_loop), 0, 0, "uv",
      "uv (libuv: epoll, cost per wake-up independent of idle connections) or poll (lws' own poll())"},
     {"role", "LIVEQUERY_ROLE", T_ROLE, OFF(role), 0, 0, "both",

@@ -24,12 +24,15 @@
 #include <uv.h> /* before libwebsockets.h, which then declares its libuv API */
 
 #include <libwebsockets.h>
+#include <liburing.h>
 #include <utlist.h>
 #include <signal.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <errno.h>
 #include <sys/random.h>
+#include <sys/socket.h>
 #include <time.h>
 
 #include "livequery/acl.h"
@@ -48,6 +51,7 @@
  * gain flattening out near 16 frames per write, and what the kernel does not
  * take at once lws copies aside, so a larger batch only costs memory. */
 #define BATCH_BYTES (8 * 1024)
+#define FAN_RING 1024            /* connections written per io_uring submission */
 #define FRAME_HEAD_EST 64        /* head bytes besides ids, for queue accounting */
 #define SLOW_CLOSE_SECS 5        /* a culled client that never reads is cut after this */
 #define HANDSHAKE_SLACK_MS 100   /* lws' timeout fires at whole seconds; the loop clock is cached */
@@ -134,6 +138,12 @@ struct lq_gateway {
     lq_buf out;     /* LWS_PRE + a batch of frames */
     lq_buf scratch; /* one frame or head at a time */
     lq_buf posframe; /* one frame of a positions subscription */
+    /* fan-out writes (flush_dirty) */
+    int ring_ok;           /* gw->ring is set up */
+    struct io_uring ring;
+    lq_buf fan;            /* LWS_PRE + every pending connection's framed batch */
+    struct fanent { conn *c; size_t off, len; } *fan_v;
+    size_t fan_cap;
 };
 
 /* Monotonic milliseconds for per-message bookkeeping: on libuv the loop's
@@ -286,21 +296,44 @@ static size_t ws_header(unsigned char *h, size_t len)
     return 10;
 }
 
-/* Frames as many queued entries as fit in one batch and writes them. */
-static int write_batch(lq_gateway *gw, conn *c)
+/* Writes n framed bytes (p has LWS_PRE bytes of headroom before it) on a
+ * WebSocket connection. Straight to the socket when lws holds nothing back:
+ * lws_write on libuv costs more than the send itself (perf: its bookkeeping,
+ * and a POLLOUT re-arm per call that libuv turns into two epoll_ctl); what the
+ * kernel does not take goes to lws_write, which keeps it and asks for
+ * WRITEABLE. TLS connections always go through lws. 0, or -1 when the
+ * connection is broken. */
+static int send_raw(struct lws *wsi, unsigned char *p, size_t n)
 {
-    lq_buf *out = &gw->out;
-    lq_buf *head = &gw->scratch;
-    size_t freed = 0;
+    if (!lws_is_ssl(wsi) && !lws_partial_buffered(wsi)) {
+        ssize_t w = send(lws_get_socket_fd(wsi), p, n, MSG_DONTWAIT | MSG_NOSIGNAL);
+        if (w == (ssize_t)n)
+            return 0;
+        if (w < 0) {
+            if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)
+                return -1;
+            w = 0;
+        }
+        p += w; /* the bytes before p are ours: headroom enough for lws */
+        n -= (size_t)w;
+    }
+    return lws_write(wsi, p, n, LWS_WRITE_RAW) < (int)n ? -1 : 0;
+}
 
-    out->len = LWS_PRE;
+/* Frames as many of c's queued entries as fit in one batch onto out (from
+ * out->len on) and takes them off the queue. */
+static void frame_batch(lq_gateway *gw, conn *c, lq_buf *out)
+{
+    lq_buf *head = &gw->scratch;
+    size_t start = out->len, freed = 0;
+
     while (c->qlen) {
         qentry *e = &c->q[c->qhead];
         head->len = 0;
         if (e->type >= 0)
             lq_proto_event_head(head, lq_event_name(e->type), &c->ids, e->rid);
         size_t plen = head->len + e->body->len;
-        if (out->len > LWS_PRE && out->len - LWS_PRE + plen + 10 > BATCH_BYTES)
+        if (out->len > start && out->len - start + plen + 10 > BATCH_BYTES)
             break;
         lq_buf_reserve(out, plen + 10 + LWS_PRE);
         out->len += ws_header((unsigned char *)out->data + out->len, plen);
@@ -322,13 +355,126 @@ static int write_batch(lq_gateway *gw, conn *c)
         c->qcap = 0;
         c->qhead = 0;
     }
+}
+
+/* Frames as many queued entries as fit in one batch and writes them. */
+static int write_batch(lq_gateway *gw, conn *c)
+{
+    lq_buf *out = &gw->out;
+
+    out->len = LWS_PRE;
+    frame_batch(gw, c, out);
     size_t n = out->len - LWS_PRE;
-    if (lws_write(c->wsi, (unsigned char *)out->data + LWS_PRE, n, LWS_WRITE_RAW) < (int)n)
+    if (send_raw(c->wsi, (unsigned char *)out->data + LWS_PRE, n) < 0)
         return -1;
     LQ_METRIC_ADD(bytes_out, n);
     if (c->qlen || c->closing)
         lws_callback_on_writable(c->wsi);
     return 0;
+}
+
+/* After a send of len bytes of which res went out (res < 0: -errno): the rest
+ * goes to lws (p has headroom before it), which asks for WRITEABLE. */
+static void sent_part(conn *c, unsigned char *p, size_t len, int res)
+{
+    if (res == -EAGAIN || res == -EWOULDBLOCK || res == -EINTR)
+        res = 0;
+    if (res < 0 ||
+        (res < (int)len && lws_write(c->wsi, p + res, len - (size_t)res, LWS_WRITE_RAW) <
+                               (int)(len - (size_t)res))) {
+        lws_set_timeout(c->wsi, PENDING_TIMEOUT_USER_OK, LWS_TO_KILL_ASYNC);
+        return;
+    }
+    LQ_METRIC_ADD(bytes_out, len);
+    if (c->qlen || c->closing)
+        lws_callback_on_writable(c->wsi);
+}
+
+/* Sends the framed batches of gw->fan_v[0..n) with one io_uring submission:
+ * one system call for n connections instead of n (bench/send_floor.c: a
+ * third of the CPU per frame on this machine, where each system call is
+ * expensive). MSG_DONTWAIT: a socket that cannot take it all answers at once
+ * with what it took, and the rest is lws' (sent_part). */
+static void fan_submit(lq_gateway *gw, size_t n)
+{
+    struct io_uring_cqe *cqe;
+    unsigned head, seen = 0;
+
+    for (size_t i = 0; i < n; i++) {
+        struct io_uring_sqe *sqe = io_uring_get_sqe(&gw->ring); /* n <= ring size: never NULL */
+        io_uring_prep_send(sqe, lws_get_socket_fd(gw->fan_v[i].c->wsi),
+                           gw->fan.data + gw->fan_v[i].off, gw->fan_v[i].len,
+                           MSG_DONTWAIT | MSG_NOSIGNAL);
+        io_uring_sqe_set_data64(sqe, i);
+    }
+    int rc = io_uring_submit_and_wait(&gw->ring, (unsigned)n);
+    if (rc < 0) { /* the ring refused the batch: send them one by one */
+        LQ_WARN("io_uring submission failed; using send()", "error=%d", -rc);
+        for (size_t i = 0; i < n; i++) {
+            unsigned char *p = (unsigned char *)gw->fan.data + gw->fan_v[i].off;
+            ssize_t w = send(lws_get_socket_fd(gw->fan_v[i].c->wsi), p, gw->fan_v[i].len,
+                             MSG_DONTWAIT | MSG_NOSIGNAL);
+            sent_part(gw->fan_v[i].c, p, gw->fan_v[i].len, w < 0 ? -errno : (int)w);
+        }
+        io_uring_queue_exit(&gw->ring);
+        gw->ring_ok = 0;
+        return;
+    }
+    io_uring_for_each_cqe(&gw->ring, head, cqe)
+    {
+        size_t i = (size_t)io_uring_cqe_get_data64(cqe);
+        if (i < n)
+            sent_part(gw->fan_v[i].c, (unsigned char *)gw->fan.data + gw->fan_v[i].off,
+                      gw->fan_v[i].len, cqe->res);
+        seen++;
+    }
+    io_uring_cq_advance(&gw->ring, seen);
+}
+
+/* Writes the frames the last batch of events queued, on every connection that
+ * got some: one io_uring submission per FAN_RING connections, or one send()
+ * each. A connection lws holds a partial write for (or a TLS one) waits for /
+ * goes through WRITEABLE and lws. */
+static void flush_dirty(lq_gateway *gw)
+{
+    conn *c;
+    size_t n = 0;
+
+    gw->fan.len = LWS_PRE; /* headroom for lws_write of a remainder */
+    while ((c = gw->dirty) != NULL) {
+        gw->dirty = c->dirty_next;
+        c->dirty = 0;
+        if (c->qlen == 0 || c->closing)
+            continue;
+        if (lws_partial_buffered(c->wsi)) { /* no system call to know */
+            lws_callback_on_writable(c->wsi);
+            continue;
+        }
+        if (!gw->ring_ok || lws_is_ssl(c->wsi)) {
+            if (write_batch(gw, c) < 0) /* it asks for WRITEABLE itself if more is queued */
+                lws_set_timeout(c->wsi, PENDING_TIMEOUT_USER_OK, LWS_TO_KILL_ASYNC);
+            continue;
+        }
+        if (n == gw->fan_cap) {
+            gw->fan_cap = gw->fan_cap ? gw->fan_cap * 2 : 64;
+            gw->fan_v = lq_xrealloc(gw->fan_v, gw->fan_cap * sizeof(*gw->fan_v));
+        }
+        gw->fan_v[n].c = c;
+        gw->fan_v[n].off = gw->fan.len;
+        frame_batch(gw, c, &gw->fan);
+        gw->fan_v[n].len = gw->fan.len - gw->fan_v[n].off;
+        if (++n == FAN_RING) {
+            fan_submit(gw, n);
+            n = 0;
+            gw->fan.len = LWS_PRE;
+        }
+    }
+    if (n)
+        fan_submit(gw, n);
+    if (gw->fan.cap > 4 * 1024 * 1024) { /* a burst to many does not keep its buffer */
+        lq_buf_release(&gw->fan);
+        lq_buf_init(&gw->fan);
+    }
 }
 
 /* Sends our close frame ourselves, framed like our data frames: lws 4.1.6 on
@@ -854,7 +1000,6 @@ static void drain_bus(lq_gateway *gw)
     int64_t now = lq_wall_ms();
 
     size_t n = 0;
-    conn *c;
 
     gw->dispatching = 1;
     for (ev = lq_bus_take(gw->bus); ev; ev = next) {
@@ -904,16 +1049,7 @@ static void drain_bus(lq_gateway *gw)
      * WRITEABLE arms and disarms POLLOUT, two to four epoll_ctl calls per
      * connection and event, and a loop iteration of latency. A socket that
      * cannot take data (or holds a partial write) waits for WRITEABLE. */
-    while ((c = gw->dirty) != NULL) {
-        gw->dirty = c->dirty_next;
-        c->dirty = 0;
-        if (c->qlen == 0 || c->closing)
-            continue;
-        if (lws_send_pipe_choked(c->wsi))
-            lws_callback_on_writable(c->wsi);
-        else if (write_batch(gw, c) < 0) /* it asks for WRITEABLE itself if more is queued */
-            lws_set_timeout(c->wsi, PENDING_TIMEOUT_USER_OK, LWS_TO_KILL_ASYNC);
-    }
+    flush_dirty(gw);
 }
 
 /*---- HTTP: /health and /metrics ------------------------------------------------*/
@@ -1259,6 +1395,13 @@ lq_gateway *lq_gateway_new(const lq_config *cfg)
     lq_buf_init(&gw->out);
     lq_buf_init(&gw->scratch);
     lq_buf_init(&gw->posframe);
+    lq_buf_init(&gw->fan);
+    if (cfg->io_uring) {
+        int rc = io_uring_queue_init(FAN_RING, &gw->ring, 0);
+        gw->ring_ok = rc == 0;
+        if (rc != 0) /* e.g. a seccomp profile that forbids it */
+            LQ_WARN("io_uring unavailable; fan-out writes use send()", "error=%d", -rc);
+    }
     lq_query_limits_default(&lim.query);
     lim.query.max_depth = cfg->max_query_depth;
     lim.max_subscriptions = cfg->max_subscriptions;
@@ -1430,5 +1573,9 @@ void lq_gateway_free(lq_gateway *gw)
     lq_buf_release(&gw->out);
     lq_buf_release(&gw->scratch);
     lq_buf_release(&gw->posframe);
+    lq_buf_release(&gw->fan);
+    free(gw->fan_v);
+    if (gw->ring_ok)
+        io_uring_queue_exit(&gw->ring);
     free(gw);
 }

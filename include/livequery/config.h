@@ -39,6 +39,7 @@ typedef struct lq_config {
     size_t max_queue_bytes;     /* outbound bytes queued per connection; default 4 MiB */
     int ping_interval_s;        /* WebSocket ping period; a peer silent for 2 periods is dropped; default 10 */
     int log_level;              /* 0 error, 1 warn, 2 info, 3 debug; default 2 */
+    int io_uring;               /* fan-out writes through io_uring (default 1) */
     int event_loop;             /* LQ_LOOP_UV (epoll, the default) or LQ_LOOP_POLL */
 
     int role;                   /* LQ_ROLE_*; default both (the tailer only with mongodb_uri) */
