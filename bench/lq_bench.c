@@ -44,7 +44,7 @@
 
 /*---- options -----------------------------------------------------------------*/
 
-enum scenario { SC_BROADCAST, SC_SELECTIVE };
+enum scenario { SC_BROADCAST, SC_SELECTIVE, SC_IDLE };
 
 static struct {
     char host[256];
@@ -67,6 +67,14 @@ static struct {
     double timeout;
     const char *label;
     int raw; /* --client raw (default) or lws */
+    int parse_format; /* --format parse: Parse Server's <appId>afterSave payload */
+    long burst;       /* --burst N: publish N events at once every --burst-interval-ms */
+    double burst_interval_ms;
+    double hold_s;    /* --hold S (idle): wait this long before reading the server's RSS */
+    int shared_query; /* --idle-query shared: idle connections all subscribe to one query */
+    const char *session_prefix; /* --session-prefix P: connection i subscribes with token P<i> */
+    const char *restricted_role; /* --restricted-role R: odd events readable by role:R only */
+    long members_every; /* --members-every K: connections i % K == 0 are in that role */
 } opt;
 
 /*---- clocks --------------------------------------------------------------------*/
@@ -270,7 +278,29 @@ static long n_subscriptions(void)
 
 static long per_event_deliveries(void)
 {
-    return opt.scenario == SC_BROADCAST ? n_subscriptions() : 1;
+    return opt.scenario == SC_BROADCAST ? n_subscriptions() : opt.scenario == SC_SELECTIVE ? 1 : 0;
+}
+
+/* Subscriptions that may read an event restricted to --restricted-role. */
+static long member_subscriptions(void)
+{
+    long k = opt.members_every > 0 ? opt.members_every : 2;
+    return (opt.connections + k - 1) / k * opt.subs_per_conn;
+}
+
+/* Event n is role-restricted (odd n) when --restricted-role is given. */
+static int restricted(long n)
+{
+    return opt.restricted_role != NULL && (n & 1);
+}
+
+/* Deliveries expected for events [0, m). */
+static long expected_deliveries(long m)
+{
+    if (opt.restricted_role == NULL || opt.scenario != SC_BROADCAST)
+        return m * per_event_deliveries();
+    long odd = m / 2;
+    return (m - odd) * n_subscriptions() + odd * member_subscriptions();
 }
 
 /*---- publisher thread (hiredis, sync) --------------------------------------------------------*/
@@ -286,26 +316,47 @@ static uint64_t rng_next(void)
     return rng_state = x;
 }
 
-/* One update event on BookStockLog, sentUs first in "object" so the receiver finds it early. */
+/* One update event on BookStockLog, sentUs first in "object" so the receiver finds it early:
+ * our bus format v1 (protocol/bus.md), or with --format parse the payload Parse Server
+ * publishes on <appId>afterSave (reference §5/§8), which livequeryd also reads. */
 static int format_event(char *buf, size_t cap, long n, int64_t sent_us)
 {
     long target = opt.scenario == SC_SELECTIVE ? (long)(rng_next() % (uint64_t)n_subscriptions())
                                                : n % 1000;
     long qty = 10 + n % 50;
-    int len = snprintf(
-        buf, cap,
-        "{\"v\":1,\"className\":\"" CLASS_NAME "\",\"op\":\"update\","
-        "\"object\":{\"sentUs\":%lld,\"objectId\":\"bk%07ld\",\"className\":\"" CLASS_NAME "\","
-        "\"isbn\":\"978-%ld\",\"storeId\":\"s1\",\"quantityOnHand\":%ld,"
-        "\"createdAt\":\"2026-11-23T23:29:42.277Z\",\"updatedAt\":\"2026-11-23T23:29:43.385Z\","
-        "\"ACL\":{\"*\":{\"read\":true}}},"
-        "\"original\":{\"objectId\":\"bk%07ld\",\"className\":\"" CLASS_NAME "\","
-        "\"isbn\":\"978-%ld\",\"storeId\":\"s1\",\"quantityOnHand\":%ld,"
-        "\"createdAt\":\"2026-11-23T23:29:42.277Z\",\"updatedAt\":\"2026-11-23T23:29:42.277Z\","
-        "\"ACL\":{\"*\":{\"read\":true}}},"
-        "\"ts\":%lld}",
-        (long long)sent_us, target, target, qty, target, target, qty - 1,
-        (long long)(sent_us > 0 ? sent_us / 1000 : wall_us() / 1000));
+    char acl[192];
+    if (restricted(n))
+        snprintf(acl, sizeof(acl), "{\"role:%s\":{\"read\":true}}", opt.restricted_role);
+    else
+        snprintf(acl, sizeof(acl), "{\"*\":{\"read\":true}}");
+    int len;
+    if (opt.parse_format)
+        len = snprintf(
+            buf, cap,
+            "{\"currentParseObject\":{\"sentUs\":%lld,\"objectId\":\"bk%07ld\",\"isbn\":\"978-%ld\","
+            "\"storeId\":\"s1\",\"quantityOnHand\":%ld,"
+            "\"createdAt\":\"2026-11-23T23:29:42.277Z\",\"updatedAt\":\"2026-11-23T23:29:43.385Z\","
+            "\"ACL\":%s,\"__type\":\"Object\",\"className\":\"" CLASS_NAME "\"},"
+            "\"originalParseObject\":{\"objectId\":\"bk%07ld\",\"isbn\":\"978-%ld\","
+            "\"storeId\":\"s1\",\"quantityOnHand\":%ld,"
+            "\"createdAt\":\"2026-11-23T23:29:42.277Z\",\"updatedAt\":\"2026-11-23T23:29:42.277Z\","
+            "\"ACL\":%s,\"__type\":\"Object\",\"className\":\"" CLASS_NAME "\"}}",
+            (long long)sent_us, target, target, qty, acl, target, target, qty - 1, acl);
+    else
+        len = snprintf(
+            buf, cap,
+            "{\"v\":1,\"className\":\"" CLASS_NAME "\",\"op\":\"update\","
+            "\"object\":{\"sentUs\":%lld,\"objectId\":\"bk%07ld\",\"className\":\"" CLASS_NAME "\","
+            "\"isbn\":\"978-%ld\",\"storeId\":\"s1\",\"quantityOnHand\":%ld,"
+            "\"createdAt\":\"2026-11-23T23:29:42.277Z\",\"updatedAt\":\"2026-11-23T23:29:43.385Z\","
+            "\"ACL\":%s},"
+            "\"original\":{\"objectId\":\"bk%07ld\",\"className\":\"" CLASS_NAME "\","
+            "\"isbn\":\"978-%ld\",\"storeId\":\"s1\",\"quantityOnHand\":%ld,"
+            "\"createdAt\":\"2026-11-23T23:29:42.277Z\",\"updatedAt\":\"2026-11-23T23:29:42.277Z\","
+            "\"ACL\":%s},"
+            "\"ts\":%lld}",
+            (long long)sent_us, target, target, qty, acl, target, target, qty - 1, acl,
+            (long long)(sent_us > 0 ? sent_us / 1000 : wall_us() / 1000));
     return len > 0 && (size_t)len < cap ? len : -1;
 }
 
@@ -381,7 +432,7 @@ static void *publisher(void *arg)
         }
     }
     int64_t deadline = mono_us() + (int64_t)(opt.idle_timeout * 1e6) + 10000000;
-    while (atomic_load(&g.warm_deliveries) < opt.warmup * per_event_deliveries()) {
+    while (atomic_load(&g.warm_deliveries) < expected_deliveries(opt.warmup)) {
         if (atomic_load(&g.pub_stop) || mono_us() > deadline) {
             pub_fail("warmup deliveries did not all arrive", NULL);
             redisFree(rc);
@@ -399,7 +450,27 @@ static void *publisher(void *arg)
     atomic_store(&g.first_pub_mono, t0);
     atomic_store(&g.first_pub_wall, wall_us());
     atomic_store(&g.pub_state, PUB_MEASURE);
-    if (opt.rate <= 0) {
+    if (opt.burst > 0) {
+        /* bursts: --burst events pipelined at once, every --burst-interval-ms */
+        for (long i = 0, b = 0; i < opt.events && !atomic_load(&g.pub_stop); b++) {
+            sleep_until_mono(t0 + (int64_t)((double)b * opt.burst_interval_ms * 1000.0));
+            long n = opt.events - i < opt.burst ? opt.events - i : opt.burst;
+            for (long j = 0; j < n; j++) {
+                len = format_event(buf, sizeof(buf), i + j, wall_us());
+                redisAppendCommand(rc, "PUBLISH %s %b", opt.channel, buf, (size_t)len);
+            }
+            for (long j = 0; j < n; j++) {
+                void *rp = NULL;
+                if (redisGetReply(rc, &rp) != REDIS_OK || !publish_reply_ok(rp)) {
+                    pub_fail(g.pub_error[0] ? g.pub_error : "PUBLISH failed", rc);
+                    redisFree(rc);
+                    return NULL;
+                }
+            }
+            i += n;
+            atomic_store(&g.published, i);
+        }
+    } else if (opt.rate <= 0) {
         for (long i = 0; i < opt.events && !atomic_load(&g.pub_stop);) {
             long n = opt.events - i < PIPELINE ? opt.events - i : PIPELINE;
             for (long j = 0; j < n; j++) {
@@ -468,16 +539,19 @@ static int client_frame(const bconn *c, uint32_t i, char *p, size_t cap)
         return snprintf(p, cap, "{\"op\":\"connect\",\"applicationId\":\"%s\"}", opt.app_id);
     long j = (long)i - 1;
     long sub = (long)c->idx * opt.subs_per_conn + j;
-    if (opt.scenario == SC_BROADCAST)
+    char tok[160] = "";
+    if (opt.session_prefix)
+        snprintf(tok, sizeof(tok), ",\"sessionToken\":\"%s%u\"", opt.session_prefix, c->idx);
+    if (opt.scenario == SC_BROADCAST || (opt.scenario == SC_IDLE && opt.shared_query))
         len = snprintf(p, cap,
                        "{\"op\":\"subscribe\",\"requestId\":%ld,\"query\":{\"className\":\"" CLASS_NAME
-                       "\",\"where\":{\"quantityOnHand\":{\"$gt\":0}}}}",
-                       j + 1);
+                       "\",\"where\":{\"quantityOnHand\":{\"$gt\":0}}}%s}",
+                       j + 1, tok);
     else
         len = snprintf(p, cap,
                        "{\"op\":\"subscribe\",\"requestId\":%ld,\"query\":{\"className\":\"" CLASS_NAME
-                       "\",\"where\":{\"isbn\":\"978-%ld\"}}}",
-                       j + 1, sub);
+                       "\",\"where\":{\"isbn\":\"978-%ld\"}}%s}",
+                       j + 1, sub, tok);
     return len;
 }
 
@@ -947,6 +1021,15 @@ static void usage(FILE *f)
             "  --label TEXT          scenario label in the report\n"
             "  --client raw|lws      raw (default): lws RAW client connections, WebSocket framing\n"
             "                        done here (cheap); lws: lws's own WebSocket client parser\n"
+            "  --format ours|parse   ours (default): bus format v1 on <prefix><app>:changes;\n"
+            "                        parse: Parse Server's payload on <app>afterSave\n"
+            "  --burst N             publish N events at once every --burst-interval-ms\n"
+            "  --burst-interval-ms T (default 1000)\n"
+            "  --hold S              idle scenario: seconds to wait before reading RSS (default 2)\n"
+            "  --idle-query Q        idle: distinct (default; isbn 978-<i> each) or shared (one query)\n"
+            "  --session-prefix P    connection i subscribes with sessionToken P<i>\n"
+            "  --restricted-role R   odd events are readable by role:R only (broadcast)\n"
+            "  --members-every K     connections i %% K == 0 belong to that role (default 2)\n"
             "  --json                one JSON line instead of the human-readable report\n");
 }
 
@@ -1016,6 +1099,9 @@ static void parse_args(int argc, char **argv)
     opt.idle_timeout = 5;
     opt.timeout = 240;
     opt.raw = 1;
+    opt.burst_interval_ms = 1000;
+    opt.hold_s = 2;
+    opt.members_every = 2;
     snprintf(opt.app_id, sizeof(opt.app_id), "bookstore");
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
@@ -1047,8 +1133,10 @@ static void parse_args(int argc, char **argv)
                 opt.scenario = SC_BROADCAST;
             else if (strcmp(v, "selective") == 0)
                 opt.scenario = SC_SELECTIVE;
+            else if (strcmp(v, "idle") == 0)
+                opt.scenario = SC_IDLE;
             else {
-                fprintf(stderr, "lq_bench: --scenario is broadcast or selective\n");
+                fprintf(stderr, "lq_bench: --scenario is broadcast, selective or idle\n");
                 exit(2);
             }
         } else if (strcmp(a, "--events") == 0)
@@ -1071,6 +1159,36 @@ static void parse_args(int argc, char **argv)
             opt.timeout = dbl_arg(a, v, 1);
         else if (strcmp(a, "--label") == 0)
             opt.label = v;
+        else if (strcmp(a, "--format") == 0) {
+            if (strcmp(v, "ours") == 0)
+                opt.parse_format = 0;
+            else if (strcmp(v, "parse") == 0)
+                opt.parse_format = 1;
+            else {
+                fprintf(stderr, "lq_bench: --format is ours or parse\n");
+                exit(2);
+            }
+        } else if (strcmp(a, "--burst") == 0)
+            opt.burst = num_arg(a, v, 1, 1000000);
+        else if (strcmp(a, "--burst-interval-ms") == 0)
+            opt.burst_interval_ms = dbl_arg(a, v, 1);
+        else if (strcmp(a, "--hold") == 0)
+            opt.hold_s = dbl_arg(a, v, 0);
+        else if (strcmp(a, "--idle-query") == 0) {
+            if (strcmp(v, "shared") == 0)
+                opt.shared_query = 1;
+            else if (strcmp(v, "distinct") == 0)
+                opt.shared_query = 0;
+            else {
+                fprintf(stderr, "lq_bench: --idle-query is distinct or shared\n");
+                exit(2);
+            }
+        } else if (strcmp(a, "--session-prefix") == 0)
+            opt.session_prefix = v;
+        else if (strcmp(a, "--restricted-role") == 0)
+            opt.restricted_role = v;
+        else if (strcmp(a, "--members-every") == 0)
+            opt.members_every = num_arg(a, v, 1, 1000000);
         else if (strcmp(a, "--client") == 0) {
             if (strcmp(v, "raw") == 0)
                 opt.raw = 1;
@@ -1102,7 +1220,10 @@ static void parse_args(int argc, char **argv)
         fprintf(stderr, "lq_bench: --redis must look like redis://HOST:PORT: %s\n", redis);
         exit(2);
     }
-    snprintf(opt.channel, sizeof(opt.channel), "%s%s:changes", prefix, opt.app_id);
+    if (opt.parse_format)
+        snprintf(opt.channel, sizeof(opt.channel), "%safterSave", opt.app_id);
+    else
+        snprintf(opt.channel, sizeof(opt.channel), "%s%s:changes", prefix, opt.app_id);
 }
 
 static void raise_fd_limit(long need)
@@ -1172,8 +1293,10 @@ static void print_report(const report *r)
                                                              : -1;
     double rx_pct = r->window_s > 0 ? 100.0 * r->bench_rx_cpu_s / r->window_s : -1;
     double pub_rate = r->publish_s > 0 ? (double)r->published / r->publish_s : 0;
-    const char *sc = opt.scenario == SC_BROADCAST ? "broadcast" : "selective";
-    char fbuf[1100], lbuf[600];
+    const char *sc = opt.scenario == SC_BROADCAST   ? "broadcast"
+                     : opt.scenario == SC_SELECTIVE ? "selective"
+                                                    : "idle";
+    char fbuf[1100], lbuf[600], rbuf[300];
 
     if (opt.json) {
         printf("{\"label\":%s,\"scenario\":\"%s\",\"client\":\"%s\",\"ok\":%s,\"failure\":%s,"
@@ -1187,7 +1310,8 @@ static void print_report(const report *r)
                "\"server_cpu_s\":%.2f,\"server_user_s\":%.2f,\"server_sys_s\":%.2f,"
                "\"server_cpu_pct\":%.1f,\"cpu_us_per_delivery\":%.3f,"
                "\"bench_rx_cpu_s\":%.2f,\"bench_rx_cpu_pct\":%.1f,\"bench_cpu_s\":%.2f,"
-               "\"connection_errors\":%ld,\"connections_dropped\":%ld,\"error_frames\":%ld}\n",
+               "\"connection_errors\":%ld,\"connections_dropped\":%ld,\"error_frames\":%ld,"
+               "\"format\":\"%s\",\"burst\":%ld,\"burst_interval_ms\":%.0f,\"restricted_role\":%s}\n",
                json_str(opt.label ? opt.label : sc, lbuf, sizeof(lbuf)), sc, opt.raw ? "raw" : "lws",
                r->ok ? "true" : "false", json_str(r->failure, fbuf, sizeof(fbuf)), opt.connections,
                opt.subs_per_conn, subs, r->connect_s, opt.events, opt.warmup, opt.rate, pub_rate,
@@ -1196,7 +1320,9 @@ static void print_report(const report *r)
                hist_n ? (double)hist_max / 1000.0 : -1.0, r->rss_before, r->rss_after, r->rss_end,
                r->hwm_end, rss_per_conn, rss_per_sub, r->server_cpu_s, r->server_user_s,
                r->server_sys_s, cpu_pct, cpu_per, r->bench_rx_cpu_s, rx_pct,
-               r->bench_cpu_s, g.failed, g.dropped, g.errors);
+               r->bench_cpu_s, g.failed, g.dropped, g.errors, opt.parse_format ? "parse" : "ours",
+               opt.burst, opt.burst_interval_ms,
+               json_str(opt.restricted_role, rbuf, sizeof(rbuf)));
         fflush(stdout);
         return;
     }
@@ -1287,7 +1413,7 @@ int main(int argc, char **argv)
 
     r.rss_after = -1;
     proc_mem(opt.server_pid, &r.rss_before, &dummy);
-    r.expected = opt.events * per_event_deliveries();
+    r.expected = opt.scenario == SC_IDLE ? 0 : expected_deliveries(opt.events);
     r.ok = 1;
     t_start = mono_us();
 
@@ -1300,14 +1426,27 @@ int main(int argc, char **argv)
             r.failure = "overall timeout";
             break;
         }
-        if (!pub_started) {
+        if (t_connected && opt.scenario == SC_IDLE) {
+            /* idle: hold every connection and subscription, then read the server's RSS */
+            if (now - t_connected >= (int64_t)(opt.hold_s * 1e6)) {
+                proc_mem(opt.server_pid, &r.rss_after, &dummy);
+                if (g.failed || g.dropped || g.errors) {
+                    r.ok = 0;
+                    r.failure = "connections dropped or error frames while idle";
+                }
+                break;
+            }
+        } else if (!pub_started) {
             open_more();
             if (g.failed || g.dropped) {
                 r.ok = 0;
                 r.failure = "connections failed during the connect storm";
                 break;
             }
-            if (g.subscribed >= n_subscriptions()) {
+            if (g.subscribed >= n_subscriptions() && opt.scenario == SC_IDLE) {
+                t_connected = now;
+                r.connect_s = (double)(t_connected - t_start) / 1e6;
+            } else if (g.subscribed >= n_subscriptions()) {
                 t_connected = now;
                 r.connect_s = (double)(t_connected - t_start) / 1e6;
                 proc_mem(opt.server_pid, &r.rss_after, &dummy);

@@ -195,6 +195,13 @@ def main():
         "the baseline row is this test server's.",
     ]
     text = "\n".join(lines) + "\n"
+    if os.environ.get("LQ_BENCH_JSONL"):  # bench/run.sh collects every scenario's record
+        with open(os.environ["LQ_BENCH_JSONL"], "a") as f:
+            f.write(json.dumps({"id": "tailer", "server": "livequeryd", "ok": True, "label": "tailer alone",
+                                "events_per_s": round(t_rate), "baseline_events_per_s": round(b_rate),
+                                "cpu_us_per_event": round(med(tail, "cpu_us"), 2),
+                                "redis_cpu_us_per_event": round(med(tail, "redis_cpu_us"), 2),
+                                "tailer_over_baseline": round(t_rate / b_rate, 3)}) + "\n")
     os.makedirs(os.path.dirname(out), exist_ok=True)
     with open(out, "w") as f:
         f.write(text)
