@@ -316,6 +316,7 @@ static int send_raw(struct lws *wsi, unsigned char *p, size_t n)
         }
         p += w; /* the bytes before p are ours: headroom enough for lws */
         n -= (size_t)w;
+        LQ_METRIC_INC(writes_short);
     }
     return lws_write(wsi, p, n, LWS_WRITE_RAW) < (int)n ? -1 : 0;
 }
@@ -379,6 +380,8 @@ static void sent_part(conn *c, unsigned char *p, size_t len, int res)
 {
     if (res == -EAGAIN || res == -EWOULDBLOCK || res == -EINTR)
         res = 0;
+    if (res >= 0 && res < (int)len)
+        LQ_METRIC_INC(writes_short);
     if (res < 0 ||
         (res < (int)len && lws_write(c->wsi, p + res, len - (size_t)res, LWS_WRITE_RAW) <
                                (int)(len - (size_t)res))) {
@@ -1470,9 +1473,9 @@ lq_gateway *lq_gateway_new(const lq_config *cfg)
             return NULL;
         }
     }
-    LQ_INFO("listening", "host=%s port=%d app_id=%s redis=%s:%d event_loop=%s websocket=%s", cfg->host,
-            cfg->port, cfg->app_id, cfg->redis_host, cfg->redis_port, gw->uv ? "uv" : "poll",
-            gw->bus ? "on" : "off (tailer only: /health and /metrics)");
+    LQ_INFO("listening", "host=%s port=%d app_id=%s redis=%s:%d event_loop=%s fanout=%s websocket=%s",
+            cfg->host, cfg->port, cfg->app_id, cfg->redis_host, cfg->redis_port, gw->uv ? "uv" : "poll",
+            gw->ring_ok ? "io_uring" : "send", gw->bus ? "on" : "off (tailer only: /health and /metrics)");
     return gw;
 }
 

@@ -37,6 +37,7 @@
     X(slow_consumers_closed, counter, "connections closed: outbound queue over its byte limit")   \
     X(queued_bytes, gauge, "bytes waiting in outbound queues")                                     \
     X(bytes_out, counter, "bytes written to WebSocket clients")                                    \
+    X(writes_short, counter, "fan-out writes the kernel took only part of (the rest waits in lws)") \
     X(bus_duplicates_dropped, counter, "bus events dropped: seq already delivered")               \
     X(bus_gaps_repaired, counter, "bus events recovered from the history stream after a seq gap") \
     X(bus_resyncs, counter, "classes whose subscribers were told to resync")                      \
