@@ -133,6 +133,9 @@ try:
 except Exception as e:  # lq_bench died before printing
     r = {"ok": False, "failure": "no report from lq_bench (%s)" % e}
 r.update(id=id_, server=server)
+if not r.get("burst"):  # lq_bench prints 0 when not bursting
+    r.pop("burst", None)
+    r.pop("burst_interval_ms", None)
 if server == "livequeryd" and loop:
     r["event_loop"] = loop
 print(json.dumps(r))
