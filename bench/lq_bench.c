@@ -450,29 +450,14 @@ static void *publisher(void *arg)
     atomic_store(&g.first_pub_mono, t0);
     atomic_store(&g.first_pub_wall, wall_us());
     atomic_store(&g.pub_state, PUB_MEASURE);
-    if (opt.burst > 0) {
-        /* bursts: --burst events pipelined at once, every --burst-interval-ms */
+    if (opt.burst > 0 || opt.rate <= 0) {
+        /* pipelined: --burst events at once every --burst-interval-ms, or at full
+         * speed PIPELINE at a time, back to back */
+        long per = opt.burst > 0 ? opt.burst : PIPELINE;
         for (long i = 0, b = 0; i < opt.events && !atomic_load(&g.pub_stop); b++) {
-            sleep_until_mono(t0 + (int64_t)((double)b * opt.burst_interval_ms * 1000.0));
-            long n = opt.events - i < opt.burst ? opt.events - i : opt.burst;
-            for (long j = 0; j < n; j++) {
-                len = format_event(buf, sizeof(buf), i + j, wall_us());
-                redisAppendCommand(rc, "PUBLISH %s %b", opt.channel, buf, (size_t)len);
-            }
-            for (long j = 0; j < n; j++) {
-                void *rp = NULL;
-                if (redisGetReply(rc, &rp) != REDIS_OK || !publish_reply_ok(rp)) {
-                    pub_fail(g.pub_error[0] ? g.pub_error : "PUBLISH failed", rc);
-                    redisFree(rc);
-                    return NULL;
-                }
-            }
-            i += n;
-            atomic_store(&g.published, i);
-        }
-    } else if (opt.rate <= 0) {
-        for (long i = 0; i < opt.events && !atomic_load(&g.pub_stop);) {
-            long n = opt.events - i < PIPELINE ? opt.events - i : PIPELINE;
+            if (opt.burst > 0)
+                sleep_until_mono(t0 + (int64_t)((double)b * opt.burst_interval_ms * 1000.0));
+            long n = opt.events - i < per ? opt.events - i : per;
             for (long j = 0; j < n; j++) {
                 len = format_event(buf, sizeof(buf), i + j, wall_us());
                 redisAppendCommand(rc, "PUBLISH %s %b", opt.channel, buf, (size_t)len);
