@@ -38,6 +38,7 @@ PLOTS="$(dirname "$OUT")/plots"
 APP_ID=bookstore
 CHANNEL="livequery:$APP_ID:changes"
 
+"$ROOT/scripts/deps.sh" >&2 # the build dependencies and redis-server (apt, npm), as for the tests
 for tool in cmake redis-server redis-cli python3 taskset timeout; do
     command -v "$tool" >/dev/null || { echo "run.sh: $tool is required" >&2; exit 2; }
 done

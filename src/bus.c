@@ -366,6 +366,16 @@ static void cmd_drop(lq_bus *b)
     b->cmd = NULL;
 }
 
+/* A command reply that is not used: freed, or, when the command failed on the
+ * connection (r NULL), that connection dropped so the next command opens one. */
+static void reply_discard(lq_bus *b, redisReply *r)
+{
+    if (r == NULL)
+        cmd_drop(b);
+    else
+        freeReplyObject(r);
+}
+
 /* Tells the class's subscribers to resubscribe; st takes the new epoch. */
 static int resync(lq_bus *b, class_seq *st, const char *epoch, int64_t seq, const char *why)
 {
@@ -413,10 +423,7 @@ static int repair(lq_bus *b, class_seq *st, int64_t to, int *wake)
         snprintf(to_id, sizeof(to_id), "%lld-0", (long long)to);
     r = redisCommand(c, "XRANGE %sstream:%s %s %s", b->key_base, st->name, from_id, to_id);
     if (r == NULL || r->type != REDIS_REPLY_ARRAY) {
-        if (r == NULL)
-            cmd_drop(b);
-        else
-            freeReplyObject(r);
+        reply_discard(b, r);
         return -1;
     }
     for (size_t i = 0; i < r->elements; i++) {
@@ -529,10 +536,7 @@ static int schema_sync(lq_bus *b)
     if (r == NULL || r->type != REDIS_REPLY_ARRAY) {
         LQ_WARN("cannot read the class-level permissions from redis", "key=%sschema error=\"%s\"",
                 b->key_base, r ? (r->type == REDIS_REPLY_ERROR ? r->str : "unexpected reply") : c ? c->errstr : "no connection");
-        if (r == NULL)
-            cmd_drop(b);
-        else
-            freeReplyObject(r);
+        reply_discard(b, r);
         return 0;
     }
     HASH_ITER(hh, b->clps, k, tmp)
@@ -648,10 +652,7 @@ static lq_change *position_answer(lq_bus *b, const pos_req *q, int reachable)
     ans->token = q->token;
     snprintf(ans->class_name, sizeof(ans->class_name), "%s", q->class_name);
     if (r == NULL || r->type != REDIS_REPLY_ARRAY || r->elements != 2) {
-        if (r == NULL)
-            cmd_drop(b);
-        else
-            freeReplyObject(r);
+        reply_discard(b, r);
         ans->status = LQ_POSITION_UNAVAILABLE;
         return ans;
     }
@@ -675,10 +676,7 @@ static lq_change *position_answer(lq_bus *b, const pos_req *q, int reachable)
     r = redisCommand(c, "XRANGE %sstream:%s %lld-0 %lld-0", b->key_base, q->class_name,
                      (long long)q->since_seq + 1, (long long)head);
     if (r == NULL || r->type != REDIS_REPLY_ARRAY) {
-        if (r == NULL)
-            cmd_drop(b);
-        else
-            freeReplyObject(r);
+        reply_discard(b, r);
         ans->status = LQ_POSITION_UNAVAILABLE;
         return ans;
     }

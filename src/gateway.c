@@ -51,7 +51,8 @@
  * gain flattening out near 16 frames per write, and what the kernel does not
  * take at once lws copies aside, so a larger batch only costs memory. */
 #define BATCH_BYTES (8 * 1024)
-#define FAN_RING 1024            /* connections written per io_uring submission */
+#define FAN_RING 1024            /* connections written per io_uring submission, at most */
+#define FAN_BYTES (1024 * 1024)  /* ... and bytes: gw->fan stays ~1 MiB, kept between batches */
 #define FRAME_HEAD_EST 64        /* head bytes besides ids, for queue accounting */
 #define SLOW_CLOSE_SECS 5        /* a culled client that never reads is cut after this */
 #define HANDSHAKE_SLACK_MS 100   /* lws' timeout fires at whole seconds; the loop clock is cached */
@@ -296,29 +297,33 @@ static size_t ws_header(unsigned char *h, size_t len)
     return 10;
 }
 
+/* res bytes of the len at p went out (res < 0: -errno); the rest goes to
+ * lws_write, which keeps it and asks for WRITEABLE (the bytes before p + res
+ * are ours: headroom enough for lws). 0, or -1 when the connection is broken. */
+static int hand_rest(struct lws *wsi, unsigned char *p, size_t len, int res)
+{
+    if (res == -EAGAIN || res == -EWOULDBLOCK || res == -EINTR)
+        res = 0;
+    if (res < 0)
+        return -1;
+    if ((size_t)res == len)
+        return 0;
+    LQ_METRIC_INC(writes_short);
+    return lws_write(wsi, p + res, len - (size_t)res, LWS_WRITE_RAW) < (int)(len - (size_t)res) ? -1 : 0;
+}
+
 /* Writes n framed bytes (p has LWS_PRE bytes of headroom before it) on a
  * WebSocket connection. Straight to the socket when lws holds nothing back:
  * lws_write on libuv costs more than the send itself (perf: its bookkeeping,
  * and a POLLOUT re-arm per call that libuv turns into two epoll_ctl); what the
- * kernel does not take goes to lws_write, which keeps it and asks for
- * WRITEABLE. TLS connections always go through lws. 0, or -1 when the
- * connection is broken. */
+ * kernel does not take goes to lws (hand_rest). TLS connections always go
+ * through lws. 0, or -1 when the connection is broken. */
 static int send_raw(struct lws *wsi, unsigned char *p, size_t n)
 {
-    if (!lws_is_ssl(wsi) && !lws_partial_buffered(wsi)) {
-        ssize_t w = send(lws_get_socket_fd(wsi), p, n, MSG_DONTWAIT | MSG_NOSIGNAL);
-        if (w == (ssize_t)n)
-            return 0;
-        if (w < 0) {
-            if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)
-                return -1;
-            w = 0;
-        }
-        p += w; /* the bytes before p are ours: headroom enough for lws */
-        n -= (size_t)w;
-        LQ_METRIC_INC(writes_short);
-    }
-    return lws_write(wsi, p, n, LWS_WRITE_RAW) < (int)n ? -1 : 0;
+    if (lws_is_ssl(wsi) || lws_partial_buffered(wsi))
+        return lws_write(wsi, p, n, LWS_WRITE_RAW) < (int)n ? -1 : 0;
+    ssize_t w = send(lws_get_socket_fd(wsi), p, n, MSG_DONTWAIT | MSG_NOSIGNAL);
+    return hand_rest(wsi, p, n, w < 0 ? -errno : (int)w);
 }
 
 /* Frames as many of c's queued entries as fit in one batch onto out (from
@@ -374,17 +379,11 @@ static int write_batch(lq_gateway *gw, conn *c)
     return 0;
 }
 
-/* After a send of len bytes of which res went out (res < 0: -errno): the rest
- * goes to lws (p has headroom before it), which asks for WRITEABLE. */
-static void sent_part(conn *c, unsigned char *p, size_t len, int res)
+/* A fan-out write finished (res as for hand_rest): the rest to lws, and
+ * WRITEABLE when more is queued; a broken connection is cut. */
+static void fan_done(conn *c, unsigned char *p, size_t len, int res)
 {
-    if (res == -EAGAIN || res == -EWOULDBLOCK || res == -EINTR)
-        res = 0;
-    if (res >= 0 && res < (int)len)
-        LQ_METRIC_INC(writes_short);
-    if (res < 0 ||
-        (res < (int)len && lws_write(c->wsi, p + res, len - (size_t)res, LWS_WRITE_RAW) <
-                               (int)(len - (size_t)res))) {
+    if (hand_rest(c->wsi, p, len, res) < 0) {
         lws_set_timeout(c->wsi, PENDING_TIMEOUT_USER_OK, LWS_TO_KILL_ASYNC);
         return;
     }
@@ -394,14 +393,17 @@ static void sent_part(conn *c, unsigned char *p, size_t len, int res)
 }
 
 /* Sends the framed batches of gw->fan_v[0..n) with one io_uring submission:
- * one system call for n connections instead of n (bench/send_floor.c: a
- * third of the CPU per frame on this machine, where each system call is
+ * one system call for n connections instead of n (bench/send_floor.c: about
+ * half the CPU per frame on this machine, where each system call is
  * expensive). MSG_DONTWAIT: a socket that cannot take it all answers at once
- * with what it took, and the rest is lws' (sent_part). */
+ * with what it took, and the rest is lws' (fan_done). Every entry is finished
+ * exactly once: waited for until all n have completed; if the ring fails, the
+ * ring is dropped (with what it had not submitted) and the entries not yet
+ * completed go out with send(). */
 static void fan_submit(lq_gateway *gw, size_t n)
 {
     struct io_uring_cqe *cqe;
-    unsigned head, seen = 0;
+    size_t seen = 0;
 
     for (size_t i = 0; i < n; i++) {
         struct io_uring_sqe *sqe = io_uring_get_sqe(&gw->ring); /* n <= ring size: never NULL */
@@ -410,28 +412,33 @@ static void fan_submit(lq_gateway *gw, size_t n)
                            MSG_DONTWAIT | MSG_NOSIGNAL);
         io_uring_sqe_set_data64(sqe, i);
     }
-    int rc = io_uring_submit_and_wait(&gw->ring, (unsigned)n);
-    if (rc < 0) { /* the ring refused the batch: send them one by one */
-        LQ_WARN("io_uring submission failed; using send()", "error=%d", -rc);
-        for (size_t i = 0; i < n; i++) {
-            unsigned char *p = (unsigned char *)gw->fan.data + gw->fan_v[i].off;
-            ssize_t w = send(lws_get_socket_fd(gw->fan_v[i].c->wsi), p, gw->fan_v[i].len,
-                             MSG_DONTWAIT | MSG_NOSIGNAL);
-            sent_part(gw->fan_v[i].c, p, gw->fan_v[i].len, w < 0 ? -errno : (int)w);
+    while (seen < n) {
+        int rc = io_uring_submit_and_wait(&gw->ring, 1);
+        if (rc < 0 && rc != -EINTR && rc != -EAGAIN && rc != -EBUSY) {
+            LQ_WARN("io_uring failed; fan-out writes use send() from now on", "error=%d", -rc);
+            io_uring_queue_exit(&gw->ring);
+            gw->ring_ok = 0;
+            for (size_t i = 0; i < n; i++)
+                if (gw->fan_v[i].c) {
+                    unsigned char *p = (unsigned char *)gw->fan.data + gw->fan_v[i].off;
+                    ssize_t w = send(lws_get_socket_fd(gw->fan_v[i].c->wsi), p, gw->fan_v[i].len,
+                                     MSG_DONTWAIT | MSG_NOSIGNAL);
+                    fan_done(gw->fan_v[i].c, p, gw->fan_v[i].len, w < 0 ? -errno : (int)w);
+                }
+            return;
         }
-        io_uring_queue_exit(&gw->ring);
-        gw->ring_ok = 0;
-        return;
+        while (io_uring_peek_cqe(&gw->ring, &cqe) == 0) {
+            size_t i = (size_t)io_uring_cqe_get_data64(cqe);
+            int res = cqe->res;
+            io_uring_cqe_seen(&gw->ring, cqe);
+            if (i >= n || gw->fan_v[i].c == NULL)
+                continue;
+            fan_done(gw->fan_v[i].c, (unsigned char *)gw->fan.data + gw->fan_v[i].off,
+                     gw->fan_v[i].len, res);
+            gw->fan_v[i].c = NULL; /* finished */
+            seen++;
+        }
     }
-    io_uring_for_each_cqe(&gw->ring, head, cqe)
-    {
-        size_t i = (size_t)io_uring_cqe_get_data64(cqe);
-        if (i < n)
-            sent_part(gw->fan_v[i].c, (unsigned char *)gw->fan.data + gw->fan_v[i].off,
-                      gw->fan_v[i].len, cqe->res);
-        seen++;
-    }
-    io_uring_cq_advance(&gw->ring, seen);
 }
 
 /* Writes the frames the last batch of events queued, on every connection that
@@ -466,7 +473,7 @@ static void flush_dirty(lq_gateway *gw)
         gw->fan_v[n].off = gw->fan.len;
         frame_batch(gw, c, &gw->fan);
         gw->fan_v[n].len = gw->fan.len - gw->fan_v[n].off;
-        if (++n == FAN_RING) {
+        if (++n == FAN_RING || gw->fan.len >= FAN_BYTES) {
             fan_submit(gw, n);
             n = 0;
             gw->fan.len = LWS_PRE;
@@ -474,7 +481,7 @@ static void flush_dirty(lq_gateway *gw)
     }
     if (n)
         fan_submit(gw, n);
-    if (gw->fan.cap > 4 * 1024 * 1024) { /* a burst to many does not keep its buffer */
+    if (gw->fan.cap > 2 * FAN_BYTES) { /* a giant frame does not keep its buffer */
         lq_buf_release(&gw->fan);
         lq_buf_init(&gw->fan);
     }
