@@ -126,6 +126,7 @@ struct lq_gateway {
     uv_loop_t *uv;  /* &uv_loop when running on libuv; NULL on lws' poll loop */
     uv_loop_t uv_loop;
     void *foreign_loops[1];
+    struct lws_http_mount display; /* --web-root served at /display */
     int draining;   /* shutting down: closing every connection with 1001 */
     int drained;    /* drain over: every connection gone, or the deadline passed */
     int64_t drain_deadline;
@@ -1445,6 +1446,19 @@ lq_gateway *lq_gateway_new(const lq_config *cfg)
         info.pcontext = &gw->ctx;
         info.options |= LWS_SERVER_OPTION_LIBUV | LWS_SERVER_OPTION_UV_NO_SIGSEGV_SIGFPE_SPIN;
         info.signal_cb = ignore_signal;
+    }
+    if (cfg->web_root && cfg->web_root[0] && (cfg->role & LQ_ROLE_GATEWAY)) {
+        /* the event-day display page: static files served by lws itself
+         * (no bytes of ours on that path); other paths come to callback() */
+        gw->display.mountpoint = "/display";
+        gw->display.mountpoint_len = 8;
+        gw->display.origin = cfg->web_root;
+        gw->display.def = "index.html";
+        gw->display.origin_protocol = LWSMPRO_FILE;
+        gw->display.cache_max_age = 60;
+        gw->display.cache_reusable = 1;
+        gw->display.cache_revalidate = 1;
+        info.mounts = &gw->display;
     }
     info.retry_and_idle_policy = &gw->retry;
     /* slow loris: lws 4.1.6 gives a new connection a header table at accept

@@ -1,6 +1,7 @@
 /*
- * config.h - command line flags and LIVEQUERY_* environment variables parsed
- * into one immutable, validated struct. Precedence: flag > environment > default.
+ * config.h - command line flags, LIVEQUERY_* environment variables and an
+ * optional config file (--config / LIVEQUERY_CONFIG) parsed into one
+ * validated struct. Precedence: flag > environment > file > default.
  *
  * Thread: built once on the main thread before anything starts; read-only after.
  */
@@ -12,6 +13,7 @@
 #include <stdio.h>
 
 enum { LQ_LOOP_UV = 0, LQ_LOOP_POLL = 1 };
+enum { LQ_LOG_LOGFMT = 0, LQ_LOG_JSON = 1 };
 
 /* Roles: which halves of livequeryd this process runs (bit set). */
 enum { LQ_ROLE_GATEWAY = 1, LQ_ROLE_TAILER = 2, LQ_ROLE_BOTH = 3 };
@@ -39,6 +41,16 @@ typedef struct lq_config {
     size_t max_queue_bytes;     /* outbound bytes queued per connection; default 4 MiB */
     int ping_interval_s;        /* WebSocket ping period; a peer silent for 2 periods is dropped; default 10 */
     int log_level;              /* 0 error, 1 warn, 2 info, 3 debug; default 2 */
+    int log_format;             /* LQ_LOG_LOGFMT (default) or LQ_LOG_JSON */
+    char *config_file;          /* the file read, or NULL */
+    char *tls_cert;             /* PEM certificate chain; with tls_key: wss:// and https:// */
+    char *tls_key;              /* PEM private key */
+    char *allowed_origins;      /* comma-separated Origin values allowed to upgrade; "*" any (default) */
+    int drain_timeout_s;        /* SIGTERM: seconds clients get to take their close; default 10 */
+    char *web_root;             /* directory served at /display/ (the event-day page); "" none */
+    int demo_feed;              /* 1: publish a simulated event day through Redis (no MongoDB) */
+    int initial_cache_size;     /* objects per class kept for the query op without MongoDB; default 10000 */
+    int max_results;            /* objects in one query result; default 1000 */
     int io_uring;               /* fan-out writes through io_uring (default 1) */
     int event_loop;             /* LQ_LOOP_UV (epoll, the default) or LQ_LOOP_POLL */
 
@@ -59,11 +71,17 @@ typedef struct lq_config {
     int auth_revalidate_s;      /* tokens in use are re-read this often; 0 never; default 300 */
 } lq_config;
 
-/* Parses argv and the environment into *cfg (zeroed first).
+/* Parses argv, the environment and the config file into *cfg (zeroed first).
  * Returns 0 on success; 1 when --help or --version was printed to out (the
  * caller should exit 0); -1 after printing a one-line error naming the bad
  * flag or variable to err (the caller should exit 2). */
 int lq_config_parse(lq_config *cfg, int argc, char **argv, FILE *out, FILE *err);
+
+/* What a SIGHUP may change in a running process: copies the reloadable
+ * settings (limits, log level and format, allowed origins, drain timeout)
+ * from next into live, and writes to err a line for each other setting that
+ * differs (it needs a restart). Returns the number of settings changed. */
+int lq_config_reload(lq_config *live, const lq_config *next, FILE *err);
 
 /* Frees the strings in cfg. Accepts NULL. */
 void lq_config_release(lq_config *cfg);
