@@ -230,9 +230,9 @@ static int apply(lq_config *cfg, const setting *s, const char *val, FILE *err, c
         return parse_redis_url(cfg, val, err, origin);
     case T_LOG_FORMAT:
         if (strcmp(val, "logfmt") == 0)
-            *(int *)field = LQ_LOG_LOGFMT;
+            *(int *)field = LQ_LOG_FMT_LOGFMT;
         else if (strcmp(val, "json") == 0)
-            *(int *)field = LQ_LOG_JSON;
+            *(int *)field = LQ_LOG_FMT_JSON;
         else {
             fprintf(err, "livequeryd: %s: '%s' is not one of logfmt, json\n", origin, val);
             return -1;

@@ -13,7 +13,6 @@
 #include <stdio.h>
 
 enum { LQ_LOOP_UV = 0, LQ_LOOP_POLL = 1 };
-enum { LQ_LOG_LOGFMT = 0, LQ_LOG_JSON = 1 };
 
 /* Roles: which halves of livequeryd this process runs (bit set). */
 enum { LQ_ROLE_GATEWAY = 1, LQ_ROLE_TAILER = 2, LQ_ROLE_BOTH = 3 };
@@ -41,7 +40,7 @@ typedef struct lq_config {
     size_t max_queue_bytes;     /* outbound bytes queued per connection; default 4 MiB */
     int ping_interval_s;        /* WebSocket ping period; a peer silent for 2 periods is dropped; default 10 */
     int log_level;              /* 0 error, 1 warn, 2 info, 3 debug; default 2 */
-    int log_format;             /* LQ_LOG_LOGFMT (default) or LQ_LOG_JSON */
+    int log_format;             /* LQ_LOG_FMT_LOGFMT (default) or LQ_LOG_FMT_JSON (log.h) */
     char *config_file;          /* the file read, or NULL */
     char *tls_cert;             /* PEM certificate chain; with tls_key: wss:// and https:// */
     char *tls_key;              /* PEM private key */

@@ -1,6 +1,9 @@
 /*
- * log.h - leveled logfmt lines on stderr:
+ * log.h - leveled structured lines on stderr, logfmt (the default) or JSON:
  *   ts=2026-11-23T23:59:00.123Z level=info msg="redis connected" host=127.0.0.1 port=6379
+ *   {"ts":"2026-11-23T23:59:00.123Z","level":"info","msg":"redis connected","host":"127.0.0.1","port":6379}
+ * Fields are always written as logfmt (key=value, key="quoted"); the JSON form
+ * is made from them, numbers as numbers.
  * LQ_LOG is a macro so that arguments are not evaluated when the level is off
  * (Redis serverLog). Session tokens and keys must never be passed to it.
  *
@@ -14,7 +17,10 @@
 
 enum { LQ_LOG_ERROR = 0, LQ_LOG_WARN = 1, LQ_LOG_INFO = 2, LQ_LOG_DEBUG = 3 };
 
+enum { LQ_LOG_FMT_LOGFMT = 0, LQ_LOG_FMT_JSON = 1 };
+
 extern int lq_log_level;
+extern int lq_log_format; /* LQ_LOG_FMT_*; set once at start and on SIGHUP (main thread) */
 
 /* Writes one line: msg is the human message (quoted), fields is an optional
  * printf format for extra key=value pairs (may be NULL). */
