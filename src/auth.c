@@ -57,6 +57,7 @@
 #define MAX_ROLES 10000       /* bound on one user's role walk */
 #define SCAN_INTERVAL_MS 1000 /* expiry / revalidation scan of the sessions in use */
 #define WARN_INTERVAL_MS 10000
+#define MONGO_PING_MS 5000     /* with no lookup for this long, MongoDB is pinged (mongodb_connected) */
 
 /*---- types -------------------------------------------------------------------------*/
 
@@ -95,7 +96,7 @@ struct user {
     UT_hash_handle hh;
 };
 
-enum { JOB_SESSION = 1, JOB_ROLES };
+enum { JOB_SESSION = 1, JOB_ROLES, JOB_CALL };
 enum { R_NONE = 0, R_VALID, R_INVALID, R_UNAVAILABLE };
 
 typedef struct job {
@@ -112,6 +113,10 @@ typedef struct job {
     int64_t expires_ms;
     char **roles;       /* role names without "role:" */
     size_t nroles;
+    /* JOB_CALL: another module's read (lq_auth_submit) */
+    lq_auth_job_fn run;
+    void (*drop)(void *arg);
+    void *arg;
 } job;
 
 enum { RK_SESSION = 1, RK_TOKEN, RK_USER, RK_ROLES };
@@ -162,6 +167,7 @@ struct lq_auth {
     pthread_t *threads;
     int started;
     _Atomic int64_t last_warn_ms;
+    lq_mongo_pinger *pinger; /* keeps mongodb_connected real while no lookup runs */
 };
 
 /*---- small helpers -----------------------------------------------------------------*/
@@ -176,14 +182,14 @@ static char *concat(const char *a, const char *b)
 }
 
 /* A token for logs: its first 6 characters and an ellipsis, never more. */
+/* A token as logs may show it: never the token, nor a prefix of it (Parse
+ * tokens are "r:" + hex), only a hash to tell log lines about one token apart. */
 static const char *tok_short(char *buf, size_t cap, const char *token)
 {
-    char head[7];
-    size_t n = strnlen(token, 6);
-    memcpy(head, token, n);
-    head[n] = '\0';
-    char esc[16];
-    snprintf(buf, cap, "%s\xe2\x80\xa6", lq_log_escape(esc, sizeof(esc), head));
+    uint32_t h = 2166136261u;
+    for (const unsigned char *p = (const unsigned char *)token; *p; p++)
+        h = (h ^ *p) * 16777619u;
+    snprintf(buf, cap, "#%08x", h);
     return buf;
 }
 
@@ -680,13 +686,17 @@ static void *worker_main(void *arg)
         a->q_len--;
         pthread_mutex_unlock(&a->qlock);
 
-        if (j->kind == JOB_SESSION) {
+        if (j->kind == JOB_CALL) {
+            j->run(j->arg, client, a->db);
+        } else if (j->kind == JOB_SESSION) {
             run_session(a, client, j);
         } else if (load_roles(a, client, j->key, j) < 0) {
             settle(j, R_UNAVAILABLE, "MongoDB unavailable");
         } else {
             j->outcome = R_VALID;
         }
+        if (j->kind != JOB_CALL) /* a call reports on its own (lq_mongo_note) */
+            lq_mongo_note(j->outcome != R_UNAVAILABLE); /* mongodb_connected, /ready */
         push_result(a, j);
     }
     mongoc_client_pool_push(a->pool, client);
@@ -1088,6 +1098,7 @@ int lq_auth_start(lq_auth *a)
         }
     }
     a->started = 1;
+    a->pinger = lq_mongo_pinger_start(cfg->mongodb_uri, MONGO_PING_MS);
     LQ_INFO("auth started", "db=%s threads=%d cache_size=%d cache_ttl_ms=%d revalidate_s=%d", a->db,
             a->nthreads, a->cache_size, a->ttl_ms, cfg->auth_revalidate_s);
     return LQ_OK;
@@ -1111,6 +1122,8 @@ static void free_jobs(job *j)
 {
     while (j) {
         job *next = j->next;
+        if (j->kind == JOB_CALL && j->drop)
+            j->drop(j->arg); /* never handed back */
         job_free(j);
         j = next;
     }
@@ -1128,6 +1141,7 @@ void lq_auth_free(lq_auth *a)
         for (int i = 0; i < a->nthreads; i++)
             pthread_join(a->threads[i], NULL);
     }
+    lq_mongo_pinger_stop(a->pinger);
     free_jobs(a->q_head);
     free_jobs(a->r_head);
     for (size_t i = 0; i < a->nrnotes; i++)
@@ -1260,9 +1274,16 @@ void lq_auth_poll(lq_auth *a, int64_t now_ms, const lq_auth_hooks *hooks, void *
     j = a->r_head;
     a->r_head = a->r_tail = NULL;
     pthread_mutex_unlock(&a->rlock);
+    job *calls = NULL, **calls_tail = &calls;
     while (j) {
         job *next = j->next;
-        apply_result(a, j, now_ms);
+        if (j->kind == JOB_CALL) { /* handed back with the hooks, below */
+            j->next = NULL;
+            *calls_tail = j;
+            calls_tail = &j->next;
+        } else {
+            apply_result(a, j, now_ms);
+        }
         j = next;
     }
     if (a->roles_want > 0) {
@@ -1309,7 +1330,32 @@ void lq_auth_poll(lq_auth *a, int64_t now_ms, const lq_auth_hooks *hooks, void *
         free(notes);
         free(rnotes);
     }
+    while (calls) {
+        job *next = calls->next;
+        if (hooks && hooks->job_done)
+            hooks->job_done(ud, calls->arg);
+        else if (calls->drop)
+            calls->drop(calls->arg);
+        job_free(calls);
+        calls = next;
+    }
     update_gauge(a);
+}
+
+int lq_auth_submit(lq_auth *a, lq_auth_job_fn run, void (*drop)(void *arg), void *arg)
+{
+    if (!a->has_mongo || !a->started || a->nthreads == 0)
+        return LQ_ERR;
+    job *j = lq_xcalloc(1, sizeof(*j));
+    j->kind = JOB_CALL;
+    j->run = run;
+    j->drop = drop;
+    j->arg = arg;
+    if (enqueue(a, j) != 0) {
+        free(j);
+        return LQ_ERR;
+    }
+    return LQ_OK;
 }
 
 int lq_auth_watches_class(const char *class_name)

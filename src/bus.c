@@ -126,6 +126,31 @@ int lq_bus_class_name_valid(const char *name)
     return lq_class_name_valid(part) && lq_class_name_valid(colon + 1);
 }
 
+/* A cluster time "<t>.<i>" (two decimal uint32, no sign, no leading zeros
+ * but "0") as (t << 32) | i. 0 on success, -1 when malformed. */
+static int parse_ct(const char *s, uint64_t *out)
+{
+    uint64_t part[2] = {0, 0};
+
+    for (int k = 0; k < 2; k++) {
+        const char *start = s;
+        while (*s >= '0' && *s <= '9') {
+            part[k] = part[k] * 10 + (uint64_t)(*s - '0');
+            if (part[k] > UINT32_MAX)
+                return -1;
+            s++;
+        }
+        if (s == start || (s - start > 1 && *start == '0'))
+            return -1;
+        if (k == 0 && *s++ != '.')
+            return -1;
+    }
+    if (*s != '\0')
+        return -1;
+    *out = part[0] << 32 | part[1];
+    return 0;
+}
+
 /* Parse Server's <appId>clearCache: any JSON; an object (e.g. {"userId":…})
  * is handed over as is, anything else as NULL. */
 static lq_change *parse_clear_cache(const char *payload, size_t len, const char **reason)
@@ -241,6 +266,12 @@ lq_change *lq_bus_parse(lq_bus_channel kind, const char *payload, size_t len, co
             goto fail;
         }
         ev->ts_ms = v ? json_integer_value(v) : 0;
+        v = json_object_get(root, "ct");
+        if (v && (!json_is_string(v) || strlen(json_string_value(v)) != json_string_length(v) ||
+                  parse_ct(json_string_value(v), &ev->ct) != 0 || ev->ct == 0)) {
+            *reason = "ct is not a cluster time \"<t>.<i>\"";
+            goto fail;
+        }
     } else {
         object = json_object_get(root, "currentParseObject");
         original = json_object_get(root, "originalParseObject");

@@ -62,7 +62,8 @@ static const prop unsubscribe_props[] = {{"op", P_ANY}, {"requestId", P_NUMBER},
 static const char *const unsubscribe_req[] = {"op", "requestId", NULL};
 static const schema unsubscribe_schema = {unsubscribe_props, unsubscribe_req, 0};
 
-static const char *const op_names[] = {"connect", "subscribe", "update", "unsubscribe"};
+/* unsubscribe's schema also serves query: {op, requestId}, nothing else */
+static const char *const op_names[] = {"connect", "subscribe", "update", "unsubscribe", "query"};
 
 /* JavaScript's view of a value's type, as tv4 names it. */
 static const char *js_type(const json_t *v)
@@ -240,6 +241,9 @@ lq_parse_result lq_proto_parse(const char *buf, size_t len, int max_depth, lq_re
     } else if (strcmp(op, "update") == 0) {
         req->op = LQ_OP_UPDATE;
         s = &subscribe_schema;
+    } else if (strcmp(op, "query") == 0) {
+        req->op = LQ_OP_QUERY;
+        s = &unsubscribe_schema;
     } else {
         req->op = LQ_OP_UNSUBSCRIBE;
         s = &unsubscribe_schema;
@@ -264,7 +268,7 @@ lq_parse_result lq_proto_parse(const char *buf, size_t len, int max_depth, lq_re
         return LQ_PARSE_OK;
     }
     req->request_id = json_real_value(json_object_get(root, "requestId"));
-    if (req->op == LQ_OP_UNSUBSCRIBE)
+    if (req->op == LQ_OP_UNSUBSCRIBE || req->op == LQ_OP_QUERY)
         return LQ_PARSE_OK;
     const json_t *q = json_object_get(root, "query");
     req->class_name = opt_string(q, "className");
@@ -348,4 +352,17 @@ void lq_proto_event_head(lq_buf *b, const char *op, const lq_buf *ids, double re
     lq_buf_puts(b, ",\"requestId\":");
     lq_proto_request_id(b, request_id);
     lq_buf_putc(b, ',');
+}
+
+void lq_proto_result_head(lq_buf *b, const lq_buf *ids, double request_id)
+{
+    head(b, "result", ids);
+    lq_buf_puts(b, ",\"requestId\":");
+    lq_proto_request_id(b, request_id);
+    lq_buf_puts(b, ",\"results\":[");
+}
+
+void lq_proto_result_tail(lq_buf *b, int truncated)
+{
+    lq_buf_puts(b, truncated ? "],\"truncated\":true}" : "]}");
 }

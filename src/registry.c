@@ -55,6 +55,23 @@ typedef struct keyset {
 typedef struct group group;
 typedef struct cls cls;
 
+/* The query op: one event a subscription got while its snapshot was read. */
+typedef struct held {
+    struct held *next;
+    lq_body *body; /* a reference */
+    int type;      /* lq_event_type */
+    uint64_t ct;   /* the event's cluster time, 0: none */
+    int64_t seq;   /* a positions subscription: the event's position */
+    char epoch[];
+} held;
+
+/* A subscription's events held while a snapshot is read for its query op. */
+typedef struct qhold {
+    uint64_t token;
+    held *head, *tail;
+    size_t n, bytes, max_n, max_bytes;
+} qhold;
+
 typedef struct sub {
     double rid;
     /* in client->subs: a list, not a hash. A client holds a few subscriptions
@@ -80,6 +97,10 @@ typedef struct sub {
     int64_t floor;      /* events of the class with seq <= floor are skipped */
     uint64_t token;     /* while paused: its key in registry->paused */
     UT_hash_handle phh; /* in registry->paused */
+    /* the query op */
+    qhold *qh;          /* a snapshot is being read: deliveries are held, or NULL */
+    uint64_t ct_floor;  /* after a snapshot at this cluster time: events with a lower or equal
+                         * ct are skipped (the snapshot had them) until one above it; 0: none */
 } sub;
 
 typedef struct bucket {
@@ -138,6 +159,8 @@ struct lq_registry {
     lq_registry_limits lim;
     lq_tag_release_fn tag_release;
     void *tag_ud;
+    lq_hold_overflow_fn hold_overflow;
+    void *hold_ud;
     clpent *clps;
     hidden *hiddens;
     int sweep_hiddens; /* a dispatch interned per-object hidden sets */
@@ -160,10 +183,34 @@ lq_registry *lq_registry_new(const lq_registry_limits *lim)
     return r;
 }
 
+void lq_registry_set_limits(lq_registry *r, const lq_registry_limits *lim)
+{
+    r->lim = *lim;
+}
+
 void lq_registry_set_tag_release(lq_registry *r, lq_tag_release_fn release, void *ud)
 {
     r->tag_release = release;
     r->tag_ud = ud;
+}
+
+void lq_registry_set_hold_overflow(lq_registry *r, lq_hold_overflow_fn fn, void *ud)
+{
+    r->hold_overflow = fn;
+    r->hold_ud = ud;
+}
+
+static void qhold_free(qhold *h)
+{
+    if (h == NULL)
+        return;
+    while (h->head) {
+        held *e = h->head;
+        h->head = e->next;
+        lq_body_decref(e->body);
+        free(e);
+    }
+    free(h);
 }
 
 static void keyset_release(group *g, keyset *ks)
@@ -298,6 +345,7 @@ static void sub_remove(lq_registry *r, sub *s)
     keyset_release(g, s->ks);
     lq_strv_free(s->watch);
     lq_strv_free(s->ptr_fields);
+    qhold_free(s->qh);
     hidden_put(r, s->hid);
     free(s->where);
     lq_principals_unref(s->who);
@@ -946,32 +994,133 @@ static const hidden *delivery_hidden(dispatch *d, const sub *s, int shape)
     return h;
 }
 
+/* Which states of the event s may read (*read_cur, *read_orig), and the event
+ * it gets from that (LQ_EV_NONE: none); watch is not applied. The one place
+ * that decides what a subscriber may see of an object: live events, replays
+ * and query results (lq_registry_results) all come through here. */
+static lq_event_type sub_event(dispatch *d, sub *s, int m_cur, int m_orig, lq_event_type t_master,
+                               int *read_cur, int *read_orig)
+{
+    const lq_change *ev = d->ev;
+    int has_orig = ev->original != NULL;
+    lq_principals *who = s->who;
+
+    *read_cur = 1;
+    *read_orig = has_orig;
+    if (!who->master && d->internal) {
+        *read_cur = *read_orig = 0; /* whatever their ACL says (Parse Server stores none) */
+    } else if (!who->master) {
+        acl_reads(d, who, read_cur, read_orig);
+        if (s->verdict == LQ_CLP_POINTER) {
+            const char *const *pf = (const char *const *)s->ptr_fields;
+            int ptr_cur = *read_cur && lq_clp_pointer_match(pf, who, ev->object);
+            int ptr_orig = *read_orig && lq_clp_pointer_match(pf, who, ev->original);
+            if ((m_cur && *read_cur && !ptr_cur) || (m_orig && *read_orig && !ptr_orig))
+                d->withheld_clp++;
+            *read_cur = ptr_cur;
+            *read_orig = ptr_orig;
+        }
+    }
+    return who->master ? t_master
+                       : lq_event_classify(ev->op, has_orig, m_orig && *read_orig, m_cur && *read_cur);
+}
+
+/* What the subscriber may see of each state, for an event t. */
+static int sub_shape(const lq_change *ev, lq_event_type t, int read_cur, int read_orig)
+{
+    if (!lq_event_has_original(t) || ev->original == NULL)
+        return SHAPE_OBJECT;
+    if (t == LQ_EV_LEAVE && !read_cur)
+        return SHAPE_ORIGINAL_AS_OBJECT; /* lost read access: the last state it could read */
+    if (t == LQ_EV_ENTER && !read_orig)
+        return SHAPE_OBJECT; /* gained read access: the before state was not its to see */
+    return SHAPE_BOTH;
+}
+
+/* A delivery to s, or the lq_change standing for a held one (positions). */
+static void deliver_to(dispatch *d, sub *s, lq_body *body, lq_event_type t, const lq_change *ev)
+{
+    d->deliver(s->client->conn, body, t, s->rid, s->positions ? ev : NULL, d->ud);
+    d->delivered++;
+}
+
+/* Delivers s's held events whose cluster time is above ct, or that have
+ * none, in order (ct 0: every one), drops the others and ends the hold.
+ * Returns how many were skipped. */
+static size_t hold_flush(dispatch *d, sub *s, uint64_t ct)
+{
+    qhold *h = s->qh;
+    size_t skipped = 0;
+    lq_change pos;
+
+    s->qh = NULL;
+    memset(&pos, 0, sizeof(pos));
+    for (held *e = h->head; e; e = e->next) {
+        if (ct != 0 && e->ct != 0 && e->ct <= ct) {
+            skipped++;
+            continue;
+        }
+        pos.seq = e->seq;
+        snprintf(pos.epoch, sizeof(pos.epoch), "%s", e->epoch);
+        pos.ct = e->ct;
+        deliver_to(d, s, e->body, (lq_event_type)e->type, &pos);
+    }
+    qhold_free(h);
+    if (skipped)
+        LQ_METRIC_ADD(query_events_skipped, skipped);
+    return skipped;
+}
+
+/* Keeps one delivery for s while its query's snapshot is read. Past the
+ * hold's bounds the query fails (hold_overflow tells its owner) and what
+ * was held goes out now, this one after it: no event is ever lost. */
+static void hold_add(dispatch *d, sub *s, lq_body *body, lq_event_type t)
+{
+    const lq_change *ev = d->ev;
+    qhold *h = s->qh;
+
+    if (h->n >= h->max_n || h->bytes + body->len + LQ_HELD_HEAD_BYTES > h->max_bytes) {
+        lq_registry *r = d->r;
+        if (r->hold_overflow)
+            r->hold_overflow(r->hold_ud, s->client->conn, s->rid, h->token);
+        hold_flush(d, s, 0);
+        deliver_to(d, s, body, t, ev);
+        return;
+    }
+    size_t elen = s->positions ? strlen(ev->epoch) + 1 : 1;
+    held *e = lq_xmalloc(sizeof(*e) + elen);
+    e->next = NULL;
+    e->body = body;
+    lq_body_incref(body);
+    e->type = t;
+    e->ct = ev->ct;
+    e->seq = s->positions ? ev->seq : 0;
+    memcpy(e->epoch, s->positions ? ev->epoch : "", elen);
+    if (h->tail)
+        h->tail->next = e;
+    else
+        h->head = e;
+    h->tail = e;
+    h->n++;
+    h->bytes += body->len + LQ_HELD_HEAD_BYTES;
+    LQ_METRIC_INC(query_events_held);
+}
+
 /* One subscriber of a group whose query matched a state of the event. */
 static void visit_sub(dispatch *d, sub *s, int m_cur, int m_orig, lq_event_type t_master)
 {
     const lq_change *ev = d->ev;
-    int has_orig = ev->original != NULL;
-
-    lq_principals *who = s->who;
-    int read_cur = 1, read_orig = has_orig, shape;
+    int read_cur, read_orig;
     lq_event_type t;
 
-    if (!who->master && d->internal) {
-        read_cur = read_orig = 0; /* whatever their ACL says (Parse Server stores none) */
-    } else if (!who->master) {
-        acl_reads(d, who, &read_cur, &read_orig);
-        if (s->verdict == LQ_CLP_POINTER) {
-            const char *const *pf = (const char *const *)s->ptr_fields;
-            int ptr_cur = read_cur && lq_clp_pointer_match(pf, who, ev->object);
-            int ptr_orig = read_orig && lq_clp_pointer_match(pf, who, ev->original);
-            if ((m_cur && read_cur && !ptr_cur) || (m_orig && read_orig && !ptr_orig))
-                d->withheld_clp++;
-            read_cur = ptr_cur;
-            read_orig = ptr_orig;
+    if (s->ct_floor && ev->ct) { /* the query op: after a snapshot, rare */
+        if (ev->ct <= s->ct_floor) {
+            LQ_METRIC_INC(query_events_skipped); /* the snapshot had it (the tailer lagged) */
+            return;
         }
+        s->ct_floor = 0; /* past the snapshot: later events of the class are later still */
     }
-    t = who->master ? t_master
-                    : lq_event_classify(ev->op, has_orig, m_orig && read_orig, m_cur && read_cur);
+    t = sub_event(d, s, m_cur, m_orig, t_master, &read_cur, &read_orig);
     if (t == LQ_EV_NONE) {
         if (t_master != LQ_EV_NONE)
             d->withheld_acl++;
@@ -979,21 +1128,16 @@ static void visit_sub(dispatch *d, sub *s, int m_cur, int m_orig, lq_event_type 
     }
     if (!lq_event_watch_passes(t, (const char *const *)s->watch, ev->object, ev->original))
         return;
-    /* what the subscriber may see of each state */
-    if (!lq_event_has_original(t) || !has_orig)
-        shape = SHAPE_OBJECT;
-    else if (t == LQ_EV_LEAVE && !read_cur)
-        shape = SHAPE_ORIGINAL_AS_OBJECT; /* lost read access: the last state it could read */
-    else if (t == LQ_EV_ENTER && !read_orig)
-        shape = SHAPE_OBJECT; /* gained read access: the before state was not its to see */
-    else
-        shape = SHAPE_BOTH;
+    int shape = sub_shape(ev, t, read_cur, read_orig);
     const hidden *hid = delivery_hidden(d, s, shape);
     if (hid)
         d->hidden++;
     lq_body *body = keyset_body(d, s->ks, hid, shape);
-    d->deliver(s->client->conn, body, t, s->rid, s->positions ? ev : NULL, d->ud);
-    d->delivered++;
+    if (s->qh) { /* the query op: a snapshot is being read */
+        hold_add(d, s, body, t);
+        return;
+    }
+    deliver_to(d, s, body, t, ev);
 }
 
 static void visit(dispatch *d, group *g)
@@ -1182,4 +1326,112 @@ long lq_registry_activate(lq_registry *r, uint64_t token, const lq_change *repla
         n += (long)d.delivered;
     }
     return n;
+}
+
+/*---- the query op ----------------------------------------------------------------*/
+
+int lq_registry_sub_info(const lq_client *c, double rid, const char **class_name, const char **where)
+{
+    const sub *s = c ? client_sub(c, norm_rid(rid)) : NULL;
+    if (s == NULL)
+        return -1;
+    if (class_name)
+        *class_name = s->g->c->name;
+    if (where)
+        *where = s->where;
+    return s->paused;
+}
+
+/* The view of obj (an object of s's class) that s would get in a create
+ * event, without watch: appended to out when s's query matches it and s may
+ * read it. Returns 1 when appended. */
+static int sub_view(lq_registry *r, sub *s, const json_t *obj, int64_t now_ms, lq_buf *out)
+{
+    lq_change ev;
+    dispatch d;
+    int read_cur, read_orig;
+
+    if (!json_is_object(obj) || !lq_query_match(s->g->q, obj, now_ms))
+        return 0;
+    memset(&ev, 0, sizeof(ev));
+    snprintf(ev.class_name, sizeof(ev.class_name), "%s", s->g->c->name);
+    ev.op = LQ_CHANGE_CREATE;
+    ev.object = (json_t *)obj; /* only read */
+    dispatch_begin(&d, r, &ev, now_ms, NULL, NULL);
+    lq_event_type t = sub_event(&d, s, 1, 0, LQ_EV_CREATE, &read_cur, &read_orig);
+    if (t == LQ_EV_CREATE) {
+        const hidden *hid = delivery_hidden(&d, s, SHAPE_OBJECT);
+        lq_buf_parse_object_hiding(out, obj, (const char *const *)s->ks->names,
+                                   hid ? (const char *const *)hid->names : NULL);
+    }
+    d.withheld_acl = d.withheld_clp = 0; /* live-delivery metrics: not for results */
+    dispatch_end(&d);
+    return t == LQ_EV_CREATE;
+}
+
+long lq_registry_results(lq_registry *r, lq_client *c, double rid, uint64_t token,
+                         const json_t *(*next)(void *it), void *it, int64_t now_ms,
+                         size_t max_objects, size_t max_bytes, lq_buf *out, int *truncated)
+{
+    sub *s = c ? client_sub(c, norm_rid(rid)) : NULL;
+    const json_t *obj;
+    long n = 0;
+    size_t start = out->len;
+
+    *truncated = 0;
+    if (s == NULL || (token != 0 && (s->qh == NULL || s->qh->token != token)))
+        return -1;
+    while ((obj = next(it)) != NULL) {
+        size_t before = out->len;
+        if (n > 0)
+            lq_buf_putc(out, ',');
+        if (!sub_view(r, s, obj, now_ms, out)) {
+            out->len = before;
+            continue;
+        }
+        if ((size_t)n >= max_objects || out->len - start > max_bytes) {
+            out->len = before; /* a visible object that does not fit */
+            *truncated = 1;
+            break;
+        }
+        n++;
+    }
+    if (out->cap > out->len)
+        out->data[out->len] = '\0';
+    return n;
+}
+
+int lq_registry_hold(lq_registry *r, lq_client *c, double rid, uint64_t token, size_t max_events,
+                     size_t max_bytes)
+{
+    sub *s = c ? client_sub(c, norm_rid(rid)) : NULL;
+
+    (void)r;
+    if (s == NULL)
+        return -1;
+    if (s->qh)
+        return 0;
+    s->qh = lq_xcalloc(1, sizeof(*s->qh));
+    s->qh->token = token;
+    s->qh->max_n = max_events;
+    s->qh->max_bytes = max_bytes;
+    s->ct_floor = 0; /* the new snapshot is later than any earlier one */
+    return 1;
+}
+
+long lq_registry_release(lq_registry *r, lq_client *c, double rid, uint64_t token, uint64_t ct,
+                         lq_deliver_fn deliver, void *ud)
+{
+    sub *s = c ? client_sub(c, norm_rid(rid)) : NULL;
+    dispatch d;
+
+    if (s == NULL || s->qh == NULL || s->qh->token != token)
+        return -1;
+    memset(&d, 0, sizeof(d));
+    d.r = r;
+    d.deliver = deliver;
+    d.ud = ud;
+    hold_flush(&d, s, ct);
+    s->ct_floor = ct;
+    return (long)d.delivered;
 }

@@ -81,6 +81,8 @@ typedef struct lq_auth_hooks {
     void (*session_changed)(void *ud, lq_session *s);
     /* The roles of a live user changed (p->roles already updated). */
     void (*roles_changed)(void *ud, lq_principals *p);
+    /* A job of lq_auth_submit is done: arg comes back to its owner (may be NULL: dropped). */
+    void (*job_done)(void *ud, void *arg);
 } lq_auth_hooks;
 
 /* A new auth cache for cfg (borrowed; must outlive it). wake(wake_ud) is
@@ -112,6 +114,18 @@ int lq_auth_watches_class(const char *class_name);
 void lq_auth_on_change(lq_auth *a, const lq_change *ev);
 /* Parse Server's clearCache (user_id may be NULL). */
 void lq_auth_clear_cache(lq_auth *a, const char *user_id);
+
+/* Another module's MongoDB read on the lookup threads (the query op's
+ * snapshot, snapshot.h): run(arg, client, db) is called on one of them with
+ * its pooled client and the database name; arg then comes back through
+ * hooks->job_done at a later lq_auth_poll, in completion order, on the
+ * service thread. drop(arg) frees an arg that is never handed back (freed
+ * with the cache). Lookups and these jobs share the threads, first come
+ * first served. Returns LQ_OK, or LQ_ERR when there is no MongoDB or the
+ * queue is full (nothing queued: arg is still the caller's). */
+struct _mongoc_client_t;
+typedef void (*lq_auth_job_fn)(void *arg, struct _mongoc_client_t *client, const char *db);
+int lq_auth_submit(lq_auth *a, lq_auth_job_fn run, void (*drop)(void *arg), void *arg);
 
 /* Number of cached tokens (tests, metrics). */
 size_t lq_auth_count(const lq_auth *a);

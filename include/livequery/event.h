@@ -39,6 +39,8 @@ typedef struct lq_change {
     int64_t seq;      /* 0 when the publisher gave none */
     char epoch[40];   /* "" when the publisher gave none */
     int64_t ts_ms;    /* publish time, 0 when unknown */
+    uint64_t ct;      /* MongoDB cluster time of the change, (t << 32) | i; 0 when the
+                         publisher gave none (Parse Server's channels) */
     /* LQ_CHANGE_POSITION only */
     uint64_t token;   /* the requester's handle */
     int status;       /* lq_position_status */

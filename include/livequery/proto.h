@@ -21,12 +21,18 @@
 
 #define LQ_INSTALLATION_ID_MAX 256 /* bytes; it is echoed in every frame */
 
-typedef enum lq_op { LQ_OP_CONNECT, LQ_OP_SUBSCRIBE, LQ_OP_UPDATE, LQ_OP_UNSUBSCRIBE } lq_op;
+typedef enum lq_op {
+    LQ_OP_CONNECT,
+    LQ_OP_SUBSCRIBE,
+    LQ_OP_UPDATE,
+    LQ_OP_UNSUBSCRIBE,
+    LQ_OP_QUERY, /* Parse 8's subscription.find(): the current results of a subscription */
+} lq_op;
 
 typedef struct lq_request {
     lq_op op;
     json_t *root;             /* owned: the parsed frame; the pointers below borrow from it */
-    double request_id;        /* subscribe / update / unsubscribe */
+    double request_id;        /* subscribe / update / unsubscribe / query */
     const char *application_id; /* connect */
     const char *master_key;     /* connect; NULL when absent */
     const char *session_token;  /* connect or subscribe; NULL when absent */
@@ -77,5 +83,12 @@ void lq_proto_error(lq_buf *b, const lq_error *err, int reconnect, int has_reque
 /* Appends the head of an event frame, up to and including the comma before
  * the shared body: {"op":"<op>",<ids>,"requestId":<id>, */
 void lq_proto_event_head(lq_buf *b, const char *op, const lq_buf *ids, double request_id);
+
+/* The query op's answer (protocol/PROTOCOL.md "query"), in two parts around
+ * the objects: lq_proto_result_head appends
+ * {"op":"result",<ids>,"requestId":<id>,"results":[ and lq_proto_result_tail
+ * appends ] and, when truncated, ,"truncated":true, then the closing brace. */
+void lq_proto_result_head(lq_buf *b, const lq_buf *ids, double request_id);
+void lq_proto_result_tail(lq_buf *b, int truncated);
 
 #endif

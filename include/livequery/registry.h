@@ -59,6 +59,8 @@ typedef void (*lq_tag_release_fn)(void *ud, void *tag);
  * called with ud for each removed tagged subscription. */
 lq_registry *lq_registry_new(const lq_registry_limits *lim);
 void lq_registry_set_tag_release(lq_registry *r, lq_tag_release_fn release, void *ud);
+/* New limits for subscriptions made from now on (SIGHUP); existing ones stay. */
+void lq_registry_set_limits(lq_registry *r, const lq_registry_limits *lim);
 /* Frees r with every client and subscription still in it (clients included). Accepts NULL. */
 void lq_registry_free(lq_registry *r);
 
@@ -145,6 +147,59 @@ int lq_registry_paused(const lq_registry *r, uint64_t token, void **conn, double
  * Returns the deliveries made, or -1 when there is no such subscription. */
 long lq_registry_activate(lq_registry *r, uint64_t token, const lq_change *replay, int64_t floor,
                           int64_t now_ms, lq_deliver_fn deliver, void *ud);
+
+/*---- the query op (protocol/PROTOCOL.md "query") ----------------------------------
+ *
+ * Results are filtered by the code that filters live events: each candidate
+ * object is what the subscription would get in a `create` event of it (its
+ * where, the object's ACL, the CLP and pointer permissions, protectedFields,
+ * its `keys`, no `_` fields), `watch` aside.
+ *
+ * While a snapshot is read elsewhere (MongoDB), the subscription's events are
+ * held (lq_registry_hold): kept in order, by reference, instead of delivered.
+ * lq_registry_release then delivers those the snapshot does not contain and
+ * skips, until the first later one, events the snapshot already had. */
+
+/* c's subscription rid: 1 when it waits for its position (the resume
+ * extension), 0 when it is live, -1 when there is none. Sets *class_name and
+ * *where (its where clause as compact JSON) when not NULL (borrowed: valid
+ * until the subscription changes). */
+int lq_registry_sub_info(const lq_client *c, double rid, const char **class_name, const char **where);
+
+/* Appends to out, comma-separated, the views of the candidate objects (REST
+ * JSON of the subscription's class, borrowed; next(it) yields them until
+ * NULL) that c's subscription rid may see, at most max_objects of them and
+ * max_bytes in all; *truncated is set when a visible object was left out for
+ * those limits. token != 0: only while the subscription holds for that token.
+ * Returns the number of objects appended, or -1 (out unchanged) when there is
+ * no such subscription (or it does not hold for token). */
+long lq_registry_results(lq_registry *r, lq_client *c, double rid, uint64_t token,
+                         const json_t *(*next)(void *it), void *it, int64_t now_ms,
+                         size_t max_objects, size_t max_bytes, lq_buf *out, int *truncated);
+
+/* Called when a hold passes its bounds: the query named token of (conn, rid)
+ * must be answered with an error. Its held events are delivered right after,
+ * and the hold ends (nothing is lost). */
+typedef void (*lq_hold_overflow_fn)(void *ud, void *conn, double rid, uint64_t token);
+void lq_registry_set_hold_overflow(lq_registry *r, lq_hold_overflow_fn fn, void *ud);
+
+/* Starts holding the deliveries of c's subscription rid for the query op
+ * named token (!= 0): at most max_events events and max_bytes (each event
+ * counts its body and LQ_HELD_HEAD_BYTES for the head its frame will get),
+ * past which the hold overflows (above). Returns 1 when started, 0 when the
+ * subscription holds already (for another token), -1 when there is none. */
+#define LQ_HELD_HEAD_BYTES 128
+int lq_registry_hold(lq_registry *r, lq_client *c, double rid, uint64_t token, size_t max_events,
+                     size_t max_bytes);
+
+/* Ends the hold named token: held events whose cluster time is above ct, or
+ * that have none, are delivered in order; those at or below ct are dropped;
+ * and later events with a cluster time at or below ct are skipped until the
+ * first one above it (ct 0: everything held is delivered, nothing skipped).
+ * Returns the deliveries made, or -1 when the subscription is gone, was
+ * replaced, or does not hold for token. */
+long lq_registry_release(lq_registry *r, lq_client *c, double rid, uint64_t token, uint64_t ct,
+                         lq_deliver_fn deliver, void *ud);
 
 /* Counts, for metrics and tests. */
 size_t lq_registry_group_count(const lq_registry *r);

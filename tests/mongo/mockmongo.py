@@ -625,6 +625,16 @@ class Fault(object):
         self.on = on
 
 
+class Delay(object):
+    """Slows one command down (control /delay): before_ms before it is run,
+    after_ms between running it and sending its reply."""
+    def __init__(self, coll, before_ms, after_ms, count):
+        self.coll = coll
+        self.before_ms = before_ms
+        self.after_ms = after_ms
+        self.count = count        # commands left to delay; None: until changed
+
+
 class Conn(object):
     def __init__(self, sock, cid):
         self.sock = sock
@@ -658,7 +668,10 @@ class Store(object):
         self.base = 1
         self.next_idx = 1
         self.min_valid = 0    # resume positions < min_valid are lost
-        self.last_ts = (int(time.time()), 0)
+        # (seconds, counter) of the last write; the counter starts at 1 so that
+        # op_time() (a snapshot's atClusterTime) is never equal to the
+        # clusterTime of a later write
+        self.last_ts = (int(time.time()), 1)
         self.cursors = {}
         self.orphaned = set()
         self.faults = []
@@ -671,6 +684,8 @@ class Store(object):
         self.stopping = False
         self.rng = random.Random()
         self.raw_ns = {}      # (db, coll) -> the ns element of its events
+        self.delays = {}      # command name -> Delay (see /delay)
+        self.delays_applied = 0
 
     # -- wake-ups (call with the lock held) ---------------------------------
     def cond(self, db, coll):
@@ -702,7 +717,9 @@ class Store(object):
         return self.last_ts
 
     def op_time(self):
-        return Timestamp(*self.last_ts) if self.last_ts[1] else Timestamp(self.last_ts[0], 1)
+        """The cluster time of the last write: every event with a clusterTime
+        <= it is in the data, every later write gets a greater one."""
+        return Timestamp(*self.last_ts)
 
     def _append(self, e, notify=True):
         e.idx = self.next_idx
@@ -831,6 +848,20 @@ class Store(object):
         if not filt:
             return list(c.values())
         return [d for d in c.values() if match(d, filt)]
+
+    # -- delays ------------------------------------------------------------
+    def take_delay(self, cmd, coll):
+        """The Delay for this command on coll, if one applies (counts it)."""
+        with self.cv:
+            d = self.delays.get(cmd)
+            if d is None or (d.coll is not None and d.coll != coll):
+                return None
+            if d.count is not None:
+                if d.count <= 0:
+                    return None
+                d.count -= 1
+            self.delays_applied += 1
+            return d
 
     # -- faults ------------------------------------------------------------
     def take_fault(self, where, db, coll):
@@ -1296,6 +1327,11 @@ class Wire(object):
     def c_getmore(self, cmd, db, conn):
         st = self.st
         cid = int(cmd['getMore'])
+        with st.cv:
+            cur0 = st.cursors.get(cid)
+        delay = st.take_delay('getMore', cur0.coll if cur0 else None)
+        if delay and delay.before_ms:
+            time.sleep(delay.before_ms / 1000.0)
         batch_size = cmd.get('batchSize')
         limit = 1000 if not batch_size else int(batch_size)
         max_time = cmd.get('maxTimeMS')
@@ -1344,8 +1380,19 @@ class Wire(object):
         st = self.st
         coll = cmd['find']
         filt = cmd.get('filter') or {}
+        rc = cmd.get('readConcern') or {}
+        level = rc.get('level')
+        if level not in (None, 'local', 'majority', 'available', 'linearizable', 'snapshot'):
+            raise MongoError(9, 'FailedToParse', "readConcern level '%s' is not supported" % level)
+        delay = st.take_delay('find', coll)
+        if delay and delay.before_ms:
+            time.sleep(delay.before_ms / 1000.0)
         with st.cv:
             docs = st.find_docs(db, coll, filt)
+            # readConcern snapshot (MongoDB 5+): the reply names the point in
+            # time that was read; every change event with a clusterTime <= it
+            # is in docs, every later one is not
+            at = st.op_time() if level == 'snapshot' else None
         sort = cmd.get('sort')
         if sort:
             for k, d in reversed(list(sort.items())):
@@ -1358,7 +1405,13 @@ class Wire(object):
         proj = cmd.get('projection')
         if proj:
             docs = [project(d, proj) for d in docs]
-        return {'cursor': {'id': Int64(0), 'ns': '%s.%s' % (db, coll), 'firstBatch': docs}, 'ok': 1.0}
+        if delay and delay.after_ms:
+            # the snapshot is taken: writes made meanwhile are after it
+            time.sleep(delay.after_ms / 1000.0)
+        cursor = {'id': Int64(0), 'ns': '%s.%s' % (db, coll), 'firstBatch': docs}
+        if at is not None:
+            cursor['atClusterTime'] = at
+        return {'cursor': cursor, 'ok': 1.0}
 
     def c_insert(self, cmd, db, conn):
         st = self.st
@@ -1660,6 +1713,25 @@ class Control(object):
         log('fault %s armed (count %d, coll %s, on %s)' % (kind, count, coll or '*', '+'.join(on)))
         return {'ok': True}
 
+    def delay(self, body):
+        cmd = body.get('cmd')
+        if cmd not in ('find', 'getMore'):
+            raise BadRequest('delay: cmd must be "find" or "getMore"')
+        before = int(body.get('before_ms', 0))
+        after = int(body.get('after_ms', 0))
+        count = body.get('count')
+        if before < 0 or after < 0 or before > 60000 or after > 60000:
+            raise BadRequest('delay: before_ms and after_ms must be 0..60000')
+        with self.st.cv:
+            if before == 0 and after == 0:
+                self.st.delays.pop(cmd, None)
+            else:
+                self.st.delays[cmd] = Delay(body.get('coll'), before, after,
+                                            None if count is None else int(count))
+        log('delay %s: before %d ms, after %d ms (coll %s, count %s)' % (cmd, before, after,
+                                                                         body.get('coll') or '*', count))
+        return {'ok': True}
+
     def clear_faults(self, body):
         with self.st.cv:
             self.st.faults = []
@@ -1684,7 +1756,8 @@ class Control(object):
                     'getmores': st.getmores, 'killcursors': st.killcursors,
                     'connections': st.conns_open, 'connections_total': st.conns_total,
                     'oplog': len(st.oplog), 'faults_pending': sum(f.count for f in st.faults),
-                    'faults_fired': st.faults_fired}
+                    'faults_fired': st.faults_fired, 'delays_applied': st.delays_applied,
+                    'op_time': st.op_time()}
 
     def doc(self, q):
         db = (q.get('db') or ['parse'])[0]
@@ -1700,7 +1773,7 @@ class Control(object):
         return d
 
     POST = {'/insert': insert, '/update': update, '/replace': replace, '/delete': delete,
-            '/drop': drop, '/bulk': bulk, '/images': images, '/fault': fault,
+            '/drop': drop, '/bulk': bulk, '/images': images, '/fault': fault, '/delay': delay,
             '/clear_faults': clear_faults, '/truncate_history': truncate_history}
     GET = {'/stats': stats, '/doc': doc}
 

@@ -350,6 +350,63 @@ def t_throughput(m, c):
           % (n, t1 - t0, n / (t1 - t0), cnt / max(t2 - t1, 1e-6)))
 
 
+def t_snapshot(m, c):
+    """find with readConcern snapshot: cursor.atClusterTime T; events with a
+    clusterTime <= T are in the reply, later writes are not (and have a
+    greater clusterTime); /delay slows find down around its snapshot."""
+    import threading
+    db = c.parse
+    with db.Snap.watch(max_await_time_ms=200) as cs:
+        for i in range(3):
+            m.call('/insert', {'coll': 'Snap', 'doc': {'_id': 's%d' % i, 'n': i}})
+        evs = [nxt(cs) for _ in range(3)]
+        r = db.command('find', 'Snap', readConcern={'level': 'snapshot'})
+        at = r['cursor'].get('atClusterTime')
+        check(isinstance(at, Timestamp), 'snapshot find has atClusterTime (%r)' % (at,))
+        check(sorted(d['_id'] for d in r['cursor']['firstBatch']) == ['s0', 's1', 's2'], 'snapshot docs')
+        check(all(e['clusterTime'] <= at for e in evs), 'earlier events <= atClusterTime')
+        m.call('/update', {'coll': 'Snap', 'id': 's0', 'set': {'n': 10}})
+        e = nxt(cs)
+        check(e['clusterTime'] > at, 'a later write has clusterTime > atClusterTime')
+        plain = db.command('find', 'Snap')
+        check('atClusterTime' not in plain['cursor'], 'no atClusterTime without readConcern snapshot')
+        # /delay: the snapshot is taken before after_ms; a write during the wait is not in it
+        m.call('/delay', {'cmd': 'find', 'coll': 'Snap', 'after_ms': 400, 'count': 1})
+        out = {}
+
+        def reader():
+            t0 = time.time()
+            out['r'] = db.command('find', 'Snap', readConcern={'level': 'snapshot'})
+            out['dt'] = time.time() - t0
+        th = threading.Thread(target=reader)
+        th.start()
+        time.sleep(0.15)
+        m.call('/update', {'coll': 'Snap', 'id': 's1', 'set': {'n': 11}})
+        th.join()
+        at2 = out['r']['cursor']['atClusterTime']
+        docs = {d['_id']: d['n'] for d in out['r']['cursor']['firstBatch']}
+        check(out['dt'] >= 0.35, 'delayed find took %.2fs' % out['dt'])
+        check(docs == {'s0': 10, 's1': 1, 's2': 2}, 'write during the delay is not in the snapshot (%r)' % docs)
+        e = nxt(cs)
+        check(e['clusterTime'] > at2, 'that write is after atClusterTime')
+        check(m.call('/stats')['delays_applied'] >= 1, 'delays_applied counted')
+        t1 = time.time()
+        db.command('find', 'Snap', readConcern={'level': 'snapshot'})
+        check(time.time() - t1 < 0.3, 'count:1 delay applies once')
+    # a fresh server: a snapshot before the first write is below that write's clusterTime
+    m2 = Mock('--rs', 'snap')
+    c2 = m2.client()
+    try:
+        with c2.parse.A.watch(max_await_time_ms=200) as cs:
+            at = c2.parse.command('find', 'A', readConcern={'level': 'snapshot'})['cursor']['atClusterTime']
+            m2.call('/insert', {'coll': 'A', 'doc': {'_id': 'a'}})
+            e = nxt(cs)
+            check(e['clusterTime'] > at, 'first write after an empty snapshot: %r > %r' % (e['clusterTime'], at))
+    finally:
+        c2.close()
+        m2.stop()
+
+
 def main():
     t0 = time.time()
     m = Mock()
@@ -360,7 +417,8 @@ def main():
                          ('drop_connection', lambda m, c: t_fault_resume(m, c, 'drop_connection')),
                          ('resumable_error', lambda m, c: t_fault_resume(m, c, 'resumable_error')),
                          ('history_lost', t_history_lost), ('invalidate', t_invalidate),
-                         ('fatal', t_fatal), ('images', t_images), ('concurrent', t_concurrent), ('throughput', t_throughput)]:
+                         ('fatal', t_fatal), ('images', t_images), ('snapshot', t_snapshot),
+                         ('concurrent', t_concurrent), ('throughput', t_throughput)]:
             ts = time.time()
             try:
                 fn(m, c)

@@ -2,7 +2,8 @@
  * test_auth.c - session tokens and roles against the MongoDB wire-protocol
  * test server (tests/mongo/mockmongo.py): lookups, roles with inheritance and
  * cycles, the cache, expiry, change events, races, the revalidation
- * backstop, and the no-MongoDB / unreachable cases.
+ * backstop, and the no-MongoDB / unreachable cases. Also the other modules'
+ * jobs on the lookup threads: the query op's snapshot read (snapshot.h).
  *
  * The mock is started once; fixtures are written with libmongoc directly.
  * Each case drives lq_auth_poll in a loop woken by the wake callback.
@@ -24,6 +25,7 @@
 #include "livequery/json.h"
 #include "livequery/log.h"
 #include "livequery/metrics.h"
+#include "livequery/snapshot.h"
 #include "lq_test.h"
 
 #define PYTHON "/usr/bin/python3"
@@ -295,7 +297,7 @@ static void on_roles_changed(void *ud, lq_principals *p)
     roles_text(p, r->roles_str, sizeof(r->roles_str));
 }
 
-static const lq_auth_hooks hooks = {on_session_changed, on_roles_changed};
+static const lq_auth_hooks hooks = {on_session_changed, on_roles_changed, NULL};
 
 static void poll_once(lq_auth *a, rec *r)
 {
@@ -840,6 +842,131 @@ static void test_no_mongo(void)
     lq_auth_free(a);                /* frees the referenced one too */
 }
 
+/*---- jobs of other modules: the query op's snapshot ------------------------------*/
+
+static lq_snapshot *snap_done[8];
+static int nsnap_done;
+
+static void on_job_done(void *ud, void *arg)
+{
+    (void)ud;
+    if (nsnap_done < 8)
+        snap_done[nsnap_done++] = arg;
+    else
+        lq_snapshot_drop(arg);
+}
+
+static const lq_auth_hooks job_hooks = {on_session_changed, on_roles_changed, on_job_done};
+
+static void run_snapshot(lq_auth *a, const char *cls, const char *where, size_t scan_max, lq_snapshot **out)
+{
+    lq_config c = cfg_mongo();
+    lq_query_limits lim;
+    lq_query_limits_default(&lim);
+    nsnap_done = 0;
+    lq_snapshot *s = lq_snapshot_new(42, cls, where, &lim, &c, scan_max, now_ms());
+    s->files_url_prefix = NULL; /* c is on this stack frame */
+    ASSERT_EQ(lq_auth_submit(a, lq_snapshot_run, lq_snapshot_drop, s), LQ_OK);
+    int64_t deadline = mono_ms() + 5000;
+    while (nsnap_done == 0 && mono_ms() < deadline) {
+        atomic_store(&woke, 0);
+        lq_auth_poll(a, now_ms(), &job_hooks, NULL);
+        if (nsnap_done == 0)
+            nap(10);
+    }
+    *out = s;
+    ASSERT_EQ(nsnap_done, 1);
+    ASSERT_TRUE(snap_done[0] == s);
+}
+
+/* Objects of the snapshot by objectId, as compact JSON. */
+static const json_t *snap_obj(const lq_snapshot *s, const char *id)
+{
+    for (size_t i = 0; i < s->n; i++)
+        if (strcmp(json_string_value(json_object_get(s->objects[i], "objectId")), id) == 0)
+            return s->objects[i];
+    return NULL;
+}
+
+static void test_snapshot_job(void)
+{
+    lq_config c = cfg_mongo();
+    lq_auth *a = started(&c);
+    ASSERT_TRUE(a != NULL);
+    ins("_SCHEMA", BCON_NEW("_id", BCON_UTF8("SnapUnit"), "n", BCON_UTF8("number"), "owner",
+                            BCON_UTF8("*_User")));
+    for (int i = 0; i < 5; i++) {
+        char id[16];
+        snprintf(id, sizeof(id), "su%d", i);
+        bson_t *d = BCON_NEW("_id", BCON_UTF8(id), "n", BCON_INT32(i), "_p_owner", BCON_UTF8("_User$uA"),
+                             "_created_at", BCON_DATE_TIME(1764000000000), "_rperm", "[", BCON_UTF8("uA"), "]",
+                             "_wperm", "[", "]", "_hashed_password", BCON_UTF8("x"));
+        ins("SnapUnit", d);
+    }
+    /* the where is applied to the converted objects; the read names its cluster time */
+    lq_snapshot *s;
+    run_snapshot(a, "SnapUnit", "{\"n\":{\"$gte\":2}}", 100, &s);
+    ASSERT_EQ(s->status, LQ_SNAPSHOT_OK);
+    ASSERT_TRUE(s->ct != 0);
+    ASSERT_EQ(s->n, 3);
+    ASSERT_EQ(s->scanned, 5);
+    ASSERT_EQ(s->more, 0);
+    ASSERT_EQ(s->pushed_down, 0);
+    const json_t *o = snap_obj(s, "su3");
+    ASSERT_TRUE(o != NULL);
+    char *text = json_dumps(o, JSON_COMPACT | JSON_SORT_KEYS);
+    ASSERT_STREQ(text, "{\"ACL\":{\"uA\":{\"read\":true}},\"className\":\"SnapUnit\","
+                       "\"createdAt\":\"2025-11-24T16:00:00.000Z\",\"n\":3,\"objectId\":\"su3\","
+                       "\"owner\":{\"__type\":\"Pointer\",\"className\":\"_User\",\"objectId\":\"uA\"}}");
+    free(text);
+    uint64_t ct1 = s->ct;
+    lq_snapshot_free(s);
+
+    /* objectId equality is pushed down as an _id lookup */
+    run_snapshot(a, "SnapUnit", "{\"objectId\":\"su1\"}", 100, &s);
+    ASSERT_EQ(s->status, LQ_SNAPSHOT_OK);
+    ASSERT_EQ(s->pushed_down, 1);
+    ASSERT_EQ(s->scanned, 1);
+    ASSERT_EQ(s->n, 1);
+    ASSERT_TRUE(snap_obj(s, "su1") != NULL);
+    ASSERT_TRUE(s->ct >= ct1);
+    lq_snapshot_free(s);
+
+    /* the scan bound: more documents than scan_max */
+    run_snapshot(a, "SnapUnit", "{}", 3, &s);
+    ASSERT_EQ(s->status, LQ_SNAPSHOT_OK);
+    ASSERT_EQ(s->scanned, 3);
+    ASSERT_EQ(s->n, 3);
+    ASSERT_EQ(s->more, 1);
+    lq_snapshot_free(s);
+
+    /* a later write has a later cluster time */
+    ins("SnapUnit", BCON_NEW("_id", BCON_UTF8("su9"), "n", BCON_INT32(9)));
+    run_snapshot(a, "SnapUnit", "{\"n\":9}", 100, &s);
+    ASSERT_EQ(s->n, 1);
+    ASSERT_TRUE(s->ct > ct1);
+    lq_snapshot_free(s);
+
+    /* a job still queued when the cache goes is dropped, not leaked */
+    lq_query_limits lim;
+    lq_query_limits_default(&lim);
+    for (int i = 0; i < 4; i++)
+        ASSERT_EQ(lq_auth_submit(a, lq_snapshot_run, lq_snapshot_drop,
+                                 lq_snapshot_new(7, "SnapUnit", "{}", &lim, &c, 10, now_ms())),
+                  LQ_OK);
+    lq_auth_free(a);
+}
+
+static void test_snapshot_no_mongo(void)
+{
+    lq_config c;
+    memset(&c, 0, sizeof(c));
+    lq_auth *a = lq_auth_new(&c, on_wake, NULL);
+    ASSERT_EQ(lq_auth_start(a), LQ_OK);
+    ASSERT_EQ(lq_auth_submit(a, lq_snapshot_run, lq_snapshot_drop, NULL), LQ_ERR);
+    lq_auth_free(a);
+}
+
 static void test_unavailable(void)
 {
     lq_config c = cfg_mongo();
@@ -883,6 +1010,8 @@ int main(int argc, char **argv)
         {"revalidate", test_revalidate},
         {"no_mongo", test_no_mongo},
         {"unavailable", test_unavailable},
+        {"snapshot_job", test_snapshot_job},
+        {"snapshot_no_mongo", test_snapshot_no_mongo},
         {NULL, NULL},
     };
     lq_log_level = LQ_LOG_WARN;

@@ -1,4 +1,5 @@
 /* test_bus.c - bus message parsing (protocol/bus.md), both intakes. */
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -32,6 +33,48 @@ static void test_ours(void)
     ASSERT_TRUE(ev != NULL);
     ASSERT_TRUE(ev->original == NULL); /* original only means something on update */
     lq_change_free(ev);
+}
+
+/* ct: the MongoDB cluster time of a change, "<t>.<i>" -> (t << 32) | i (protocol/bus.md). */
+static void test_cluster_time(void)
+{
+    static const char *const bad[] = {"\"1\"", "\"1.\"", "\".1\"", "\"01.2\"", "\"1.02\"", "\"-1.2\"",
+                                      "\"1.2.3\"", "\"4294967296.0\"", "\"1.4294967296\"", "\"0.0\"",
+                                      "\" 1.2\"", "\"1.2 \"", "12", "null", "{}", "\"1.2\\u0000\""};
+    const char *why;
+    char msg[256];
+    lq_change *ev = parse(LQ_BUS_OURS,
+                          "{\"v\":1,\"className\":\"B\",\"op\":\"create\",\"object\":{\"objectId\":\"a\"},"
+                          "\"seq\":1,\"epoch\":\"e\",\"ct\":\"1764000000.7\"}",
+                          &why);
+    ASSERT_TRUE(ev != NULL);
+    ASSERT_TRUE(ev->ct == ((uint64_t)1764000000 << 32 | 7));
+    lq_change_free(ev);
+    ev = parse(LQ_BUS_OURS,
+               "{\"v\":1,\"className\":\"B\",\"op\":\"update\",\"object\":{\"objectId\":\"a\"},"
+               "\"ct\":\"4294967295.4294967295\"}",
+               &why);
+    ASSERT_TRUE(ev != NULL);
+    ASSERT_TRUE(ev->ct == UINT64_MAX);
+    lq_change_free(ev);
+    ev = parse(LQ_BUS_OURS, "{\"v\":1,\"className\":\"B\",\"op\":\"create\",\"object\":{\"objectId\":\"a\"}}", &why);
+    ASSERT_TRUE(ev != NULL);
+    ASSERT_TRUE(ev->ct == 0); /* optional */
+    lq_change_free(ev);
+    /* Parse Server's messages never have one (a field of that name is ignored) */
+    ev = parse(LQ_BUS_PARSE_SAVE, "{\"currentParseObject\":{\"objectId\":\"H\",\"className\":\"B\"},\"ct\":\"1.1\"}", &why);
+    ASSERT_TRUE(ev != NULL);
+    ASSERT_TRUE(ev->ct == 0);
+    lq_change_free(ev);
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        snprintf(msg, sizeof(msg),
+                 "{\"v\":1,\"className\":\"B\",\"op\":\"create\",\"object\":{\"objectId\":\"a\"},\"ct\":%s}", bad[i]);
+        ev = parse(LQ_BUS_OURS, msg, &why);
+        if (ev != NULL)
+            fprintf(stderr, "accepted ct %s\n", bad[i]);
+        ASSERT_TRUE(ev == NULL);
+        ASSERT_STREQ(why, "ct is not a cluster time \"<t>.<i>\"");
+    }
 }
 
 static void test_parse_server(void)
@@ -325,6 +368,7 @@ int main(int argc, char **argv)
 {
     static const lq_test_case cases[] = {
         {"ours", test_ours},
+        {"cluster_time", test_cluster_time},
         {"parse_server", test_parse_server},
         {"join_classes", test_join_classes},
         {"schema", test_schema},

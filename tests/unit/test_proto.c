@@ -7,7 +7,7 @@
 
 static const char *op_name(lq_op op)
 {
-    static const char *const n[] = {"connect", "subscribe", "update", "unsubscribe"};
+    static const char *const n[] = {"connect", "subscribe", "update", "unsubscribe", "query"};
     return n[op];
 }
 
@@ -137,10 +137,44 @@ static void test_encoders(void)
     lq_buf_release(&b);
 }
 
+/* The query op: {op, requestId} parsed like unsubscribe; the result frame. */
+static void test_query(void)
+{
+    const char *s = "{\"op\":\"query\",\"requestId\":7}";
+    lq_request req;
+    lq_error err;
+    lq_buf ids, b;
+
+    ASSERT_EQ(lq_proto_parse(s, strlen(s), 64, &req, &err), LQ_PARSE_OK);
+    ASSERT_EQ(req.op, LQ_OP_QUERY);
+    ASSERT_TRUE(req.request_id == 7);
+    ASSERT_TRUE(req.class_name == NULL && req.where == NULL);
+    lq_request_release(&req);
+    s = "{\"op\":\"query\",\"requestId\":1,\"sessionToken\":\"r:x\"}";
+    ASSERT_EQ(lq_proto_parse(s, strlen(s), 64, &req, &err), LQ_PARSE_ERROR);
+    ASSERT_STREQ(err.text, "Additional properties not allowed");
+
+    lq_buf_init(&ids);
+    lq_buf_init(&b);
+    lq_proto_ids(&ids, "C", "i");
+    lq_proto_result_head(&b, &ids, 2);
+    lq_buf_puts(&b, "{\"objectId\":\"a\"}");
+    lq_proto_result_tail(&b, 0);
+    ASSERT_STREQ(b.data, "{\"op\":\"result\",\"clientId\":\"C\",\"installationId\":\"i\",\"requestId\":2,"
+                         "\"results\":[{\"objectId\":\"a\"}]}");
+    b.len = 0;
+    lq_proto_result_head(&b, &ids, 3);
+    lq_proto_result_tail(&b, 1);
+    ASSERT_STREQ(b.data, "{\"op\":\"result\",\"clientId\":\"C\",\"installationId\":\"i\",\"requestId\":3,"
+                         "\"results\":[],\"truncated\":true}");
+    lq_buf_release(&ids);
+    lq_buf_release(&b);
+}
+
 int main(int argc, char **argv)
 {
     static const lq_test_case cases[] = {
         {"vectors", test_vectors}, {"fields", test_fields}, {"positions", test_positions},
-        {"encoders", test_encoders}, {NULL, NULL}};
+        {"encoders", test_encoders}, {"query", test_query}, {NULL, NULL}};
     return lq_test_run(cases, argc, argv);
 }

@@ -469,6 +469,239 @@ static void test_revoke_and_user(void)
     ASSERT_EQ(released_tags, 4);
 }
 
+/*---- the query op ------------------------------------------------------------------*/
+
+static size_t publish_ct(lq_registry *r, lq_change_op op, const char *cls, const char *obj, uint64_t ct)
+{
+    json_error_t e;
+    lq_change ev;
+    memset(&ev, 0, sizeof(ev));
+    strcpy(ev.class_name, cls);
+    ev.op = op;
+    ev.object = json_loads(obj, 0, &e);
+    ev.ct = ct;
+    size_t n = lq_registry_dispatch(r, &ev, 0, record, NULL);
+    json_decref(ev.object);
+    return n;
+}
+
+typedef struct objs {
+    json_t *v[16];
+    size_t n, i;
+} objs;
+
+static const json_t *objs_next(void *p)
+{
+    objs *o = p;
+    return o->i < o->n ? o->v[o->i++] : NULL;
+}
+
+static void objs_free(objs *o)
+{
+    for (size_t i = 0; i < o->n; i++)
+        json_decref(o->v[i]);
+    o->n = 0;
+}
+
+/* The result text for c's subscription rid over the candidates. */
+static long results(lq_registry *r, lq_client *c, double rid, uint64_t token, objs *o, size_t max_n,
+                    size_t max_bytes, char *out, size_t cap, int *trunc)
+{
+    lq_buf b;
+    lq_buf_init(&b);
+    o->i = 0;
+    long n = lq_registry_results(r, c, rid, token, objs_next, o, 0, max_n, max_bytes, &b, trunc);
+    snprintf(out, cap, "%s", b.data ? b.data : "");
+    lq_buf_release(&b);
+    return n;
+}
+
+#define SUBK(rid, cls, where, keys)                                                                \
+    "{\"op\":\"subscribe\",\"requestId\":" #rid ",\"query\":{\"className\":\"" cls "\",\"where\":" where \
+    ",\"keys\":" keys "}}"
+
+/* Results are what each subscriber would get in a create event: where, ACL,
+ * CLP (pointer permissions too), protectedFields, keys, no _ fields. */
+static void test_results(void)
+{
+    lq_registry *r = new_registry(10);
+    int a, s1, s2, m;
+    lq_client *ca = lq_registry_client_new(r, &a, 0), *c1 = lq_registry_client_new(r, &s1, 0),
+              *c2 = lq_registry_client_new(r, &s2, 0), *cm = lq_registry_client_new(r, &m, 1);
+    lq_principals *u1 = lq_principals_new_user("u1"), *u2 = lq_principals_new_user("u2");
+    const char *staff[] = {"staff"}, *mgr[] = {"manager", "staff"};
+    lq_error err;
+    char out[2048];
+    int trunc;
+    objs o = {{NULL}, 0, 0};
+
+    lq_principals_set_roles(u1, staff, 1);
+    lq_principals_set_roles(u2, mgr, 2);
+    json_t *clp = J("{\"find\":{\"role:staff\":true},\"protectedFields\":{\"*\":[\"cost\"],\"role:manager\":[]}}");
+    lq_registry_set_clp(r, "R", clp, on_revoke, NULL);
+    json_decref(clp);
+    ASSERT_EQ(subscribe_as(r, c1, SUBK(1, "R", "{\"n\":{\"$gte\":1}}", "[\"n\",\"cost\"]"), u1, NULL, &err), LQ_OK);
+    ASSERT_EQ(subscribe_as(r, c2, SUB(1, "R", "{\"n\":{\"$gte\":1}}"), u2, NULL, &err), LQ_OK);
+    ASSERT_EQ(subscribe(r, cm, SUB(1, "R", "{\"n\":{\"$gte\":1}}"), &err), LQ_OK);
+    o.v[o.n++] = J("{\"objectId\":\"o1\",\"className\":\"R\",\"n\":1,\"cost\":5,\"extra\":\"e\",\"ACL\":{\"*\":{\"read\":true}}}");
+    o.v[o.n++] = J("{\"objectId\":\"o2\",\"className\":\"R\",\"n\":0}");
+    o.v[o.n++] = J("{\"objectId\":\"o3\",\"className\":\"R\",\"n\":2,\"ACL\":{\"u2\":{\"read\":true}}}");
+    o.v[o.n++] = J("{\"objectId\":\"o4\",\"className\":\"R\",\"n\":3,\"_secret\":\"x\",\"extra\":\"f\"}");
+    ASSERT_EQ(results(r, c1, 1, 0, &o, 100, 1 << 20, out, sizeof(out), &trunc), 2);
+    ASSERT_STREQ(out, "{\"objectId\":\"o1\",\"className\":\"R\",\"n\":1,\"ACL\":{\"*\":{\"read\":true}}},"
+                      "{\"objectId\":\"o4\",\"className\":\"R\",\"n\":3}");
+    ASSERT_EQ(trunc, 0);
+    ASSERT_EQ(results(r, c2, 1, 0, &o, 100, 1 << 20, out, sizeof(out), &trunc), 3);
+    ASSERT_TRUE(strstr(out, "\"cost\":5") && strstr(out, "\"o3\"") && strstr(out, "\"extra\":\"f\"") &&
+                !strstr(out, "_secret"));
+    ASSERT_EQ(results(r, cm, 1, 0, &o, 100, 1 << 20, out, sizeof(out), &trunc), 3);
+    /* the limits: a visible object left out says truncated; an invisible one does not */
+    ASSERT_EQ(results(r, c1, 1, 0, &o, 1, 1 << 20, out, sizeof(out), &trunc), 1);
+    ASSERT_EQ(trunc, 1);
+    ASSERT_STREQ(out, "{\"objectId\":\"o1\",\"className\":\"R\",\"n\":1,\"ACL\":{\"*\":{\"read\":true}}}");
+    ASSERT_EQ(results(r, c1, 1, 0, &o, 2, 1 << 20, out, sizeof(out), &trunc), 2);
+    ASSERT_EQ(trunc, 0);
+    ASSERT_EQ(results(r, c1, 1, 0, &o, 100, 100, out, sizeof(out), &trunc), 1); /* 63 + 40 bytes */
+    ASSERT_EQ(trunc, 1);
+    ASSERT_EQ(results(r, c1, 9, 0, &o, 100, 1 << 20, out, sizeof(out), &trunc), -1);
+    ASSERT_EQ(results(r, c1, 1, 77, &o, 100, 1 << 20, out, sizeof(out), &trunc), -1); /* not holding */
+    objs_free(&o);
+
+    /* pointer permissions: only the user's own objects */
+    clp = J("{\"find\":{},\"readUserFields\":[\"owner\"]}");
+    lq_registry_set_clp(r, "P", clp, on_revoke, NULL);
+    json_decref(clp);
+    ASSERT_EQ(subscribe_as(r, c1, SUB(2, "P", "{}"), u1, NULL, &err), LQ_OK);
+    ASSERT_EQ(subscribe(r, ca, SUB(2, "P", "{}"), &err), LQ_OK);
+    o.v[o.n++] = J("{\"objectId\":\"p1\",\"owner\":{\"__type\":\"Pointer\",\"className\":\"_User\",\"objectId\":\"u2\"}}");
+    o.v[o.n++] = J("{\"objectId\":\"p2\",\"owner\":{\"__type\":\"Pointer\",\"className\":\"_User\",\"objectId\":\"u1\"}}");
+    ASSERT_EQ(results(r, c1, 2, 0, &o, 100, 1 << 20, out, sizeof(out), &trunc), 1);
+    ASSERT_TRUE(strstr(out, "\"p2\"") != NULL);
+    ASSERT_EQ(results(r, ca, 2, 0, &o, 100, 1 << 20, out, sizeof(out), &trunc), 0);
+    ASSERT_STREQ(out, "");
+    objs_free(&o);
+
+    /* internal classes: the master only; _User: secrets only to the user */
+    ASSERT_EQ(subscribe_as(r, c1, SUB(3, "_Session", "{}"), u1, NULL, &err), LQ_OK);
+    ASSERT_EQ(subscribe(r, cm, SUB(3, "_Session", "{}"), &err), LQ_OK);
+    o.v[o.n++] = J("{\"objectId\":\"s1\",\"ACL\":{\"*\":{\"read\":true}}}");
+    ASSERT_EQ(results(r, c1, 3, 0, &o, 100, 1 << 20, out, sizeof(out), &trunc), 0);
+    ASSERT_EQ(results(r, cm, 3, 0, &o, 100, 1 << 20, out, sizeof(out), &trunc), 1);
+    objs_free(&o);
+    ASSERT_EQ(subscribe_as(r, c1, SUB(4, "_User", "{}"), u1, NULL, &err), LQ_OK);
+    ASSERT_EQ(subscribe_as(r, c2, SUB(4, "_User", "{}"), u2, NULL, &err), LQ_OK);
+    o.v[o.n++] = J("{\"objectId\":\"u1\",\"username\":\"ann\",\"email\":\"a@x\"}");
+    ASSERT_EQ(results(r, c1, 4, 0, &o, 100, 1 << 20, out, sizeof(out), &trunc), 1);
+    ASSERT_TRUE(strstr(out, "a@x") != NULL);
+    ASSERT_EQ(results(r, c2, 4, 0, &o, 100, 1 << 20, out, sizeof(out), &trunc), 1);
+    ASSERT_TRUE(strstr(out, "a@x") == NULL && strstr(out, "ann") != NULL);
+    objs_free(&o);
+
+    ASSERT_EQ(lq_registry_sub_info(c1, 1, NULL, NULL), 0);
+    const char *cls, *where;
+    ASSERT_EQ(lq_registry_sub_info(c1, 1, &cls, &where), 0);
+    ASSERT_STREQ(cls, "R");
+    ASSERT_STREQ(where, "{\"n\":{\"$gte\":1.0}}");
+    ASSERT_EQ(lq_registry_sub_info(c1, 5, NULL, NULL), -1);
+    lq_principals_unref(u1);
+    lq_principals_unref(u2);
+    lq_registry_free(r);
+}
+
+static int overflows;
+static void *overflow_conn;
+static double overflow_rid;
+static uint64_t overflow_token;
+static void on_overflow(void *ud, void *conn, double rid, uint64_t token)
+{
+    (void)ud;
+    overflows++;
+    overflow_conn = conn;
+    overflow_rid = rid;
+    overflow_token = token;
+}
+
+/* While a snapshot is read the subscription's events are held; at its
+ * cluster time T the held ones after T (or without a cluster time) go out,
+ * the others are dropped, and late arrivals at or below T are skipped until
+ * the first one after it. Past its bounds a hold overflows: nothing is lost. */
+static void test_hold(void)
+{
+    lq_registry *r = new_registry(10);
+    int a, b;
+    lq_client *ca = lq_registry_client_new(r, &a, 0), *cb = lq_registry_client_new(r, &b, 0);
+    lq_error err;
+
+    lq_registry_set_hold_overflow(r, on_overflow, NULL);
+    ASSERT_EQ(subscribe(r, ca, SUB(1, "H", "{}"), &err), LQ_OK);
+    ASSERT_EQ(subscribe(r, cb, SUB(1, "H", "{}"), &err), LQ_OK);
+    ASSERT_EQ(lq_registry_hold(r, ca, 1, 5, 10, 1 << 20), 1);
+    ASSERT_EQ(lq_registry_hold(r, ca, 1, 6, 10, 1 << 20), 0); /* holding already */
+    ASSERT_EQ(lq_registry_hold(r, ca, 2, 6, 10, 1 << 20), -1);
+    ASSERT_EQ(publish_ct(r, LQ_CHANGE_CREATE, "H", "{\"objectId\":\"x\",\"n\":10}", 10), 1); /* b only */
+    ASSERT_TRUE(delivery_to(&b, 1) && !delivery_to(&a, 1));
+    publish_ct(r, LQ_CHANGE_UPDATE, "H", "{\"objectId\":\"x\",\"n\":20}", 20);
+    publish_ct(r, LQ_CHANGE_UPDATE, "H", "{\"objectId\":\"x\",\"n\":0}", 0); /* Parse Server's: no ct */
+    publish_ct(r, LQ_CHANGE_UPDATE, "H", "{\"objectId\":\"x\",\"n\":30}", 30);
+    ASSERT_EQ(ndeliveries, 4);
+    reset();
+    ASSERT_EQ(lq_registry_release(r, ca, 1, 6, 20, record, NULL), -1); /* another token */
+    ASSERT_EQ(lq_registry_release(r, ca, 1, 5, 20, record, NULL), 2);
+    ASSERT_TRUE(strstr(deliveries[0].body->data, "\"n\":0") && strstr(deliveries[1].body->data, "\"n\":30"));
+    ASSERT_EQ(lq_registry_release(r, ca, 1, 5, 20, record, NULL), -1); /* once */
+    reset();
+    /* the tailer lagging behind the snapshot: at or below T is skipped, until one above it */
+    ASSERT_EQ(publish_ct(r, LQ_CHANGE_UPDATE, "H", "{\"objectId\":\"y\",\"n\":15}", 15), 1); /* b */
+    ASSERT_EQ(publish_ct(r, LQ_CHANGE_UPDATE, "H", "{\"objectId\":\"y\",\"n\":20}", 20), 1); /* b */
+    ASSERT_EQ(publish_ct(r, LQ_CHANGE_UPDATE, "H", "{\"objectId\":\"y\",\"n\":0}", 0), 2);
+    ASSERT_EQ(publish_ct(r, LQ_CHANGE_UPDATE, "H", "{\"objectId\":\"y\",\"n\":21}", 21), 2);
+    ASSERT_EQ(publish_ct(r, LQ_CHANGE_UPDATE, "H", "{\"objectId\":\"y\",\"n\":18}", 18), 2); /* past the floor */
+    reset();
+
+    /* ct 0 (the read failed): everything held goes out */
+    ASSERT_EQ(lq_registry_hold(r, ca, 1, 7, 10, 1 << 20), 1);
+    publish_ct(r, LQ_CHANGE_UPDATE, "H", "{\"objectId\":\"z\",\"n\":1}", 40);
+    publish_ct(r, LQ_CHANGE_UPDATE, "H", "{\"objectId\":\"z\",\"n\":2}", 41);
+    reset();
+    ASSERT_EQ(lq_registry_release(r, ca, 1, 7, 0, record, NULL), 2);
+    ASSERT_EQ(publish_ct(r, LQ_CHANGE_UPDATE, "H", "{\"objectId\":\"z\",\"n\":3}", 1), 2); /* no floor */
+    reset();
+
+    /* overflow: the owner is told, the held events and this one go out in order */
+    overflows = 0;
+    ASSERT_EQ(lq_registry_hold(r, ca, 1, 8, 2, 1 << 20), 1);
+    publish_ct(r, LQ_CHANGE_UPDATE, "H", "{\"objectId\":\"o\",\"n\":1}", 50);
+    publish_ct(r, LQ_CHANGE_UPDATE, "H", "{\"objectId\":\"o\",\"n\":2}", 51);
+    ASSERT_EQ(overflows, 0);
+    reset();
+    ASSERT_EQ(publish_ct(r, LQ_CHANGE_UPDATE, "H", "{\"objectId\":\"o\",\"n\":3}", 52), 4);
+    ASSERT_EQ(overflows, 1);
+    ASSERT_TRUE(overflow_conn == &a && overflow_rid == 1 && overflow_token == 8);
+    ASSERT_TRUE(deliveries[0].conn == &a && deliveries[1].conn == &a && deliveries[2].conn == &a &&
+                deliveries[3].conn == &b);
+    ASSERT_TRUE(strstr(deliveries[0].body->data, "\"n\":1") && strstr(deliveries[1].body->data, "\"n\":2") &&
+                strstr(deliveries[2].body->data, "\"n\":3"));
+    ASSERT_EQ(lq_registry_release(r, ca, 1, 8, 52, record, NULL), -1);
+    reset();
+    /* by bytes too */
+    ASSERT_EQ(lq_registry_hold(r, ca, 1, 9, 100, 10), 1);
+    ASSERT_EQ(publish_ct(r, LQ_CHANGE_UPDATE, "H", "{\"objectId\":\"o\",\"n\":4}", 53), 2);
+    ASSERT_EQ(overflows, 2);
+    reset();
+
+    /* a replaced or removed subscription takes its hold with it */
+    ASSERT_EQ(lq_registry_hold(r, ca, 1, 10, 10, 1 << 20), 1);
+    publish_ct(r, LQ_CHANGE_UPDATE, "H", "{\"objectId\":\"o\",\"n\":5}", 54);
+    ASSERT_EQ(subscribe(r, ca, SUB(1, "H", "{\"n\":{\"$gt\":0}}"), &err), LQ_OK);
+    ASSERT_EQ(lq_registry_release(r, ca, 1, 10, 54, record, NULL), -1);
+    ASSERT_EQ(lq_registry_hold(r, ca, 1, 11, 10, 1 << 20), 1);
+    publish_ct(r, LQ_CHANGE_UPDATE, "H", "{\"objectId\":\"o\",\"n\":6}", 55);
+    ASSERT_EQ(lq_registry_unsubscribe(r, ca, 1), LQ_OK);
+    ASSERT_EQ(lq_registry_release(r, ca, 1, 11, 55, record, NULL), -1);
+    reset();
+    lq_registry_free(r); /* frees holds still in place (LeakSanitizer checks) */
+}
+
 int main(int argc, char **argv)
 {
     static const lq_test_case cases[] = {{"groups_share", test_groups_share},
@@ -479,6 +712,8 @@ int main(int argc, char **argv)
                                          {"acl_principals", test_acl_principals},
                                          {"clp", test_clp},
                                          {"revoke_and_user", test_revoke_and_user},
+                                         {"results", test_results},
+                                         {"hold", test_hold},
                                          {NULL, NULL}};
     return lq_test_run(cases, argc, argv);
 }
