@@ -8,6 +8,7 @@ PKGS=(build-essential cmake pkg-config
       libwebsockets-dev libhiredis-dev libjansson-dev libpcre2-dev libssl-dev libuv1-dev uthash-dev libwebsockets-evlib-uv liburing-dev
       libmongoc-dev libbson-dev python3-mockupdb python3-pymongo
       redis-server
+      chromium # tests/integration/display.test.js: the display page in headless Chromium (playwright-core)
       clang libclang-rt-14-dev) # scripts/fuzz.sh: clang and its libFuzzer runtime
 # Node.js and npm only from Debian when the machine has none (an image may ship its own,
 # which Debian's npm package would conflict with).
@@ -25,8 +26,9 @@ if [ ${#missing[@]} -gt 0 ]; then
     $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
 
-# The real Parse JS SDK and a raw WebSocket client for the integration tests.
-if [ ! -d tests/node_modules/parse ] || [ ! -d tests/node_modules/ws ]; then
+# The real Parse JS SDK, a raw WebSocket client and playwright-core (drives the
+# Debian chromium) for the integration tests.
+if [ ! -d tests/node_modules/parse ] || [ ! -d tests/node_modules/ws ] || [ ! -d tests/node_modules/playwright-core ]; then
     (cd tests && npm ci --no-audit --no-fund --loglevel=error 2>/dev/null \
         || npm install --no-audit --no-fund --loglevel=error)
 fi

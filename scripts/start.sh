@@ -3,6 +3,9 @@
 # With no Redis URL (flag --redis-url or LIVEQUERY_REDIS_URL) it starts a private
 # redis-server on a free loopback port and stops it again on exit.
 # Defaults: app id "bookstore", port 1337. Extra arguments go to livequeryd.
+# Without a MongoDB URI (--mongodb-uri, LIVEQUERY_MONGODB_URI or the --config file)
+# it runs the demo feed (--demo-feed 1, unless --demo-feed is given): a simulated
+# event day for the display page at http://127.0.0.1:<port>/display/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -14,6 +17,25 @@ args=("$@")
 want_redis=1
 [ -n "${LIVEQUERY_REDIS_URL:-}" ] && want_redis=0
 for a in "$@"; do case "$a" in --redis-url|--redis-url=*) want_redis=0 ;; esac; done
+
+want_demo=1
+[ -n "${LIVEQUERY_MONGODB_URI:-}" ] && want_demo=0
+[ -n "${LIVEQUERY_DEMO_FEED:-}" ] && want_demo=0
+config_file="${LIVEQUERY_CONFIG:-}"
+prev=""
+for a in "$@"; do
+    case "$a" in
+        --mongodb-uri|--mongodb-uri=*|--demo-feed|--demo-feed=*) want_demo=0 ;;
+        --config=*) config_file="${a#--config=}" ;;
+    esac
+    [ "$prev" = "--config" ] && config_file="$a"
+    prev="$a"
+done
+if [ -n "$config_file" ] && [ -f "$config_file" ] &&
+    grep -Eq '^[[:space:]]*(mongodb-uri|demo-feed)[[:space:]]*=' "$config_file"; then
+    want_demo=0
+fi
+[ "$want_demo" = 1 ] && args+=(--demo-feed 1)
 
 redis_pid=""
 cleanup() { [ -n "$redis_pid" ] && kill "$redis_pid" 2>/dev/null; wait 2>/dev/null || true; }
@@ -32,12 +54,17 @@ fi
 
 app_id="${LIVEQUERY_APP_ID:-bookstore}"
 lq_port="${LIVEQUERY_PORT:-1337}"
+display_q=""; [ "$app_id" != bookstore ] && display_q="?appId=${app_id}"
 cat <<MSG
 livequeryd: ws://127.0.0.1:${lq_port}/  (app id '${app_id}')
   JS SDK:  Parse.initialize('${app_id}'); Parse.liveQueryServerURL = 'ws://127.0.0.1:${lq_port}/';
   events:  PUBLISH livequery:${app_id}:changes '{"v":1,"className":"BookStockLog","op":"create","object":{"objectId":"a1","quantityOnHand":3}}'
   health:  curl http://127.0.0.1:${lq_port}/health    metrics: /metrics    stop: Ctrl-C
+  display: http://127.0.0.1:${lq_port}/display/${display_q}  (the event-day page)
 MSG
+if [ "$want_demo" = 1 ]; then
+    echo "  demo feed: no MongoDB URI given, so a simulated event day (SigningSchedule, BookStockLog) is published into Redis; open the display URL"
+fi
 ./build/livequeryd --app-id "$app_id" --port "$lq_port" "${args[@]}" &
 lq_pid=$!
 trap 'kill $lq_pid 2>/dev/null; cleanup' EXIT INT TERM
