@@ -25,11 +25,13 @@
 
 #include <libwebsockets.h>
 #include <liburing.h>
+#include <uthash.h>
 #include <utlist.h>
 #include <signal.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <errno.h>
 #include <sys/random.h>
 #include <sys/socket.h>
@@ -44,8 +46,10 @@
 #include "livequery/jsonout.h"
 #include "livequery/log.h"
 #include "livequery/metrics.h"
+#include "livequery/objcache.h"
 #include "livequery/proto.h"
 #include "livequery/registry.h"
+#include "livequery/snapshot.h"
 
 /* Bytes framed into one lws_write. ~16-30 typical frames: DESIGN measured the
  * gain flattening out near 16 frames per write, and what the kernel does not
@@ -56,8 +60,9 @@
 #define FRAME_HEAD_EST 64        /* head bytes besides ids, for queue accounting */
 #define SLOW_CLOSE_SECS 5        /* a culled client that never reads is cut after this */
 #define HANDSHAKE_SLACK_MS 100   /* lws' timeout fires at whole seconds; the loop clock is cached */
-#define DRAIN_MS 3000            /* at shutdown, how long clients get to take their close */
 #define MAX_PARKED 64            /* requests a connection may queue behind a session lookup */
+#define MAX_QUERIES 16           /* query ops of one connection waiting for their snapshot */
+#define HOLD_EVENTS 10000        /* events one subscription may hold while its snapshot is read */
 #define AUTH_TICK_MS 500         /* session expiry and revalidation are checked this often */
 #define TOKEN_MAX 512            /* longer session tokens are refused unlooked-up (Parse's are 34 bytes):
                                     the cache holds up to --auth-cache-size of them */
@@ -68,6 +73,18 @@ typedef struct parked {
     lq_request req;
     lq_session *sess; /* a reference, or NULL (the request does not need one) */
 } parked;
+
+/* A query op waiting for its snapshot (MongoDB), or for its subscription's
+ * position (the resume extension) before it starts. */
+typedef struct pquery {
+    uint64_t token;         /* its hold and its snapshot job; 0 while waiting */
+    UT_hash_handle hh;      /* in gw->pqueries by token, once reading */
+    struct pquery *cnext;   /* in conn.pq */
+    struct conn *c;
+    double rid;
+    int asked;              /* query ops this read answers (repeats while it runs join it) */
+    int64_t t0_ms;
+} pquery;
 
 typedef struct qentry {
     lq_body *body;
@@ -109,6 +126,8 @@ typedef struct conn {
     parked *parked, *parked_tail; /* requests held back while the head waits for a session */
     int nparked;
     lq_session *waiting; /* the session the head request waits on, or NULL */
+    pquery *pq;          /* its query ops in progress */
+    int npq;
     struct conn *wait_next; /* in waiting->ud's list */
 } conn;
 
@@ -116,6 +135,10 @@ struct lq_gateway {
     const lq_config *cfg;
     struct lws_context *ctx;
     lq_registry *reg;
+    lq_query_limits qlim; /* the registry's, for snapshot reads */
+    lq_objcache *cache;   /* without MongoDB: last-seen objects for the query op, else NULL */
+    pquery *pqueries;     /* query ops reading a snapshot, by token */
+    lq_buf result;        /* one query result frame */
     lq_bus *bus;
     lq_auth *auth;  /* NULL with --role tailer, and once freeing */
     lws_sorted_usec_list_t auth_tick;
@@ -123,6 +146,9 @@ struct lq_gateway {
     size_t nunref, capunref;
     lws_retry_bo_t retry;
     volatile sig_atomic_t stop;
+    volatile sig_atomic_t reload; /* SIGHUP seen: call reload_fn on the service thread */
+    lq_reload_fn reload_fn;
+    void *reload_ud;
     uv_loop_t *uv;  /* &uv_loop when running on libuv; NULL on lws' poll loop */
     uv_loop_t uv_loop;
     void *foreign_loops[1];
@@ -146,6 +172,8 @@ struct lq_gateway {
     lq_buf fan;            /* LWS_PRE + every pending connection's framed batch */
     struct fanent { conn *c; size_t off, len; } *fan_v;
     size_t fan_cap;
+    int64_t *lat_ts;       /* ts (ms) of the events a batch delivered: latency after its flush */
+    size_t nlat, caplat;
 };
 
 /* Monotonic milliseconds for per-message bookkeeping: on libuv the loop's
@@ -596,6 +624,10 @@ static void unwait(conn *c)
 
 static void handle_request(lq_gateway *gw, conn *c, lq_request *req, lq_session *sess);
 static void resume(lq_gateway *gw, conn *c);
+static void on_query(lq_gateway *gw, conn *c, const lq_request *req);
+static void queries_drop(lq_gateway *gw, conn *c, int all, double rid);
+static void queries_start(lq_gateway *gw, conn *c, double rid);
+static void hook_job_done(void *ud, void *arg);
 
 static void hook_session_changed(void *ud, lq_session *s)
 {
@@ -616,7 +648,7 @@ static void hook_session_changed(void *ud, lq_session *s)
         lq_error_set(&err, LQ_PARSE_ERR_INVALID_SESSION, "Invalid session token");
         size_t n = lq_registry_revoke_tag(gw->reg, s, &err, revoked, gw);
         if (n)
-            LQ_INFO("session ended: subscriptions told", "session=%s why=%s subscriptions=%zu",
+            LQ_INFO("session ended: subscriptions told", "session=%s why=\"%s\" subscriptions=%zu",
                     s->session_id[0] ? s->session_id : "-", s->why ? s->why : "-", n);
     }
 }
@@ -628,7 +660,7 @@ static void hook_roles_changed(void *ud, lq_principals *p)
     lq_registry_recheck(gw->reg, p, revoked, gw);
 }
 
-static const lq_auth_hooks auth_hooks = {hook_session_changed, hook_roles_changed};
+static const lq_auth_hooks auth_hooks = {hook_session_changed, hook_roles_changed, hook_job_done};
 
 static void auth_poll(lq_gateway *gw)
 {
@@ -659,6 +691,7 @@ static void on_connect(lq_gateway *gw, conn *c, const lq_request *req)
         master = 1;
     }
     /* a second connect starts a new client: new id, no subscriptions */
+    queries_drop(gw, c, 1, 0);
     lq_registry_client_free(gw->reg, c->client);
     free(c->token);
     c->token = NULL;
@@ -733,7 +766,7 @@ static int on_subscribe(lq_gateway *gw, conn *c, const lq_request *req, lq_sessi
             auth.tag = sess; /* the subscription holds this reference */
             break;
         case LQ_SESSION_INVALID:
-            LQ_DEBUG("subscribe refused: invalid session token", "client=%s why=%s", c->client_id,
+            LQ_DEBUG("subscribe refused: invalid session token", "client=%s why=\"%s\"", c->client_id,
                      sess->why ? sess->why : "-");
             session_drop(gw, sess);
             lq_error_set(&err, LQ_PARSE_ERR_INVALID_SESSION, "Invalid session token");
@@ -754,6 +787,7 @@ static int on_subscribe(lq_gateway *gw, conn *c, const lq_request *req, lq_sessi
         send_error(gw, c, &err, 0, 1, req->request_id);
         return 0;
     }
+    queries_drop(gw, c, 0, req->request_id); /* the replaced subscription's, if any */
     if (req->positions) { /* paused until the bus answers: on_position */
         lq_bus_position(gw->bus, auth.token, req->class_name, req->has_since ? req->since_epoch : NULL,
                         req->since_seq);
@@ -785,6 +819,7 @@ static void on_unsubscribe(lq_gateway *gw, conn *c, const lq_request *req)
         send_error(gw, c, &err, 1, 0, 0);
         return;
     }
+    queries_drop(gw, c, 0, req->request_id);
     send_reply(gw, c, "unsubscribed", 1, req->request_id);
 }
 
@@ -836,6 +871,9 @@ static void handle_request(lq_gateway *gw, conn *c, lq_request *req, lq_session 
         break;
     case LQ_OP_UNSUBSCRIBE:
         on_unsubscribe(gw, c, req);
+        break;
+    case LQ_OP_QUERY:
+        on_query(gw, c, req);
         break;
     }
     lq_request_release(req);
@@ -958,6 +996,7 @@ static void on_position(lq_gateway *gw, const lq_change *ans, int64_t now)
                          ans->class_name);
         }
         lq_registry_unsubscribe(gw->reg, c->client, rid);
+        queries_drop(gw, c, 0, rid);
         send_error(gw, c, &err, !gone, 1, rid);
         LQ_INFO("positions subscription refused", "client=%s class=%s reason=%s", c->client_id,
                 ans->class_name, gone ? "gone" : "unavailable");
@@ -972,6 +1011,7 @@ static void on_position(lq_gateway *gw, const lq_change *ans, int64_t now)
     }
     send_frame(gw, c, &gw->scratch);
     long n = lq_registry_activate(gw->reg, ans->token, ans->replay, ans->seq, now, deliver, gw);
+    queries_start(gw, c, rid); /* query ops that waited for the position */
     size_t replayed = 0;
     for (const lq_change *ev = ans->replay; ev; ev = ev->next)
         replayed++;
@@ -1005,10 +1045,34 @@ static void resync_class(lq_gateway *gw, const lq_change *ev)
             ev->epoch, n);
 }
 
+/* Delivery latency (livequery_delivery_latency_seconds): the ts of each
+ * event a batch delivered, observed once the batch's frames are written. */
+static void latency_note(lq_gateway *gw, int64_t ts_ms)
+{
+    if (gw->nlat == gw->caplat) {
+        gw->caplat = gw->caplat ? gw->caplat * 2 : 256;
+        gw->lat_ts = lq_xrealloc(gw->lat_ts, gw->caplat * sizeof(int64_t));
+    }
+    gw->lat_ts[gw->nlat++] = ts_ms;
+}
+
+static void latency_observe(lq_gateway *gw)
+{
+    struct timespec t;
+
+    if (gw->nlat == 0)
+        return;
+    clock_gettime(CLOCK_REALTIME, &t);
+    int64_t now_us = (int64_t)t.tv_sec * 1000000 + t.tv_nsec / 1000;
+    for (size_t i = 0; i < gw->nlat; i++)
+        lq_metrics_observe_delivery_us(now_us - gw->lat_ts[i] * 1000);
+    gw->nlat = 0;
+}
+
 static void drain_bus(lq_gateway *gw)
 {
     lq_change *ev, *next;
-    int64_t now = lq_wall_ms();
+    int64_t now = lq_wall_ms(), last_ts = 0;
 
     size_t n = 0;
 
@@ -1022,6 +1086,7 @@ static void drain_bus(lq_gateway *gw)
                 auth_poll(gw);
             }
             resync_class(gw, ev);
+            lq_objcache_apply(gw->cache, ev);
             break;
         case LQ_CHANGE_SCHEMA:
             if (lq_registry_set_clp(gw->reg, ev->class_name, ev->clp, revoked, gw))
@@ -1048,22 +1113,331 @@ static void drain_bus(lq_gateway *gw)
                 lq_auth_on_change(gw->auth, ev);
                 auth_poll(gw);
             }
-            n += lq_registry_dispatch(gw->reg, ev, now, deliver, gw);
+            lq_objcache_apply(gw->cache, ev); /* the query op without MongoDB */
+            {
+                size_t d = lq_registry_dispatch(gw->reg, ev, now, deliver, gw);
+                n += d;
+                if (d && ev->ts_ms > 0)
+                    latency_note(gw, ev->ts_ms);
+            }
             break;
         }
+        if (ev->ts_ms > 0 && ev->op != LQ_CHANGE_POSITION)
+            last_ts = ev->ts_ms;
         lq_change_free(ev);
     }
     gw->dispatching = 0;
     LQ_METRIC_ADD(deliveries, n); /* once per batch: no atomic per delivery */
+    if (last_ts)
+        lq_metrics_set_bus_lag_ms(now - last_ts);
 
     /* Write now rather than on the next WRITEABLE round: asking lws for
      * WRITEABLE arms and disarms POLLOUT, two to four epoll_ctl calls per
      * connection and event, and a loop iteration of latency. A socket that
      * cannot take data (or holds a partial write) waits for WRITEABLE. */
     flush_dirty(gw);
+    latency_observe(gw);
 }
 
-/*---- HTTP: /health and /metrics ------------------------------------------------*/
+/*---- the query op: initial results (protocol/PROTOCOL.md "query") ----------------
+ *
+ * Without MongoDB the answer comes at once from the objects the bus carried
+ * (objcache.h): the cache is fed on this thread as events are dispatched, so
+ * the result and the events before and after it line up by construction.
+ * With MongoDB the subscription's events are held (registry.h) from the
+ * moment the op is accepted, a snapshot read runs on an auth lookup thread
+ * (snapshot.h), and when it comes back at cluster time T the result is sent,
+ * then the held events after T; those at or before T (and later arrivals
+ * still at or before T: the tailer lagging) are in the result already. */
+
+static void query_error(lq_gateway *gw, conn *c, double rid, int asked, const lq_error *err,
+                        int reconnect, int has_rid)
+{
+    for (int i = 0; i < asked; i++)
+        send_error(gw, c, err, reconnect, has_rid, rid);
+    LQ_METRIC_ADD(query_errors, asked);
+}
+
+/* Documents one snapshot reads at most: 10 x --max-results, at least 1000. */
+static size_t scan_max(const lq_gateway *gw)
+{
+    size_t n = (size_t)gw->cfg->max_results * 10;
+    return n < 1000 ? 1000 : n;
+}
+
+/* Unlinks q from its connection (and the reading table) and frees it. */
+static void pquery_free(lq_gateway *gw, pquery *q)
+{
+    conn *c = q->c;
+
+    for (pquery **pp = &c->pq; *pp; pp = &(*pp)->cnext) {
+        if (*pp == q) {
+            *pp = q->cnext;
+            break;
+        }
+    }
+    c->npq--;
+    if (q->token)
+        HASH_DEL(gw->pqueries, q);
+    free(q);
+}
+
+/* Forgets c's query ops (all, or those of requestId rid): their subscription
+ * is gone or replaced, so they get no answer (a result still being read is
+ * dropped when it arrives). */
+static void queries_drop(lq_gateway *gw, conn *c, int all, double rid)
+{
+    pquery *q, *next;
+
+    for (q = c->pq; q; q = next) {
+        next = q->cnext;
+        if (all || q->rid == rid)
+            pquery_free(gw, q);
+    }
+}
+
+typedef struct arr_it {
+    json_t **v;
+    size_t n, i;
+} arr_it;
+
+static const json_t *arr_next(void *p)
+{
+    arr_it *it = p;
+    return it->i < it->n ? it->v[it->i++] : NULL;
+}
+
+/* Sends c the result frame of its subscription rid (asked times) built from
+ * the candidates next(it) yields; more: the source itself was cut short.
+ * Returns the objects in it, or -1 (nothing sent) when the subscription is
+ * gone or no longer holds for token (0: no hold needed). */
+static long send_result(lq_gateway *gw, conn *c, double rid, uint64_t token,
+                        const json_t *(*next)(void *), void *it, int more, int asked)
+{
+    lq_buf *b = &gw->result;
+    int truncated;
+
+    b->len = 0;
+    lq_proto_result_head(b, &c->ids, rid);
+    /* half the queue limit: a whole result must fit in a connection's queue */
+    long n = lq_registry_results(gw->reg, c->client, rid, token, next, it, lq_wall_ms(),
+                                 (size_t)gw->cfg->max_results, gw->cfg->max_queue_bytes / 2, b,
+                                 &truncated);
+    if (n < 0)
+        return -1;
+    lq_proto_result_tail(b, truncated || more);
+    for (int i = 0; i < asked; i++)
+        send_frame(gw, c, b);
+    if (b->cap > 4 * BATCH_BYTES) { /* a large result does not keep its buffer */
+        lq_buf_release(b);
+        lq_buf_init(b);
+    }
+    LQ_METRIC_ADD(queries, asked);
+    LQ_METRIC_ADD(query_results_objects, n * asked);
+    return n;
+}
+
+/* Starts q: answers it from the cache, or holds the subscription's events
+ * and queues the snapshot read. */
+static void query_begin(lq_gateway *gw, pquery *q)
+{
+    conn *c = q->c;
+    const char *cls, *where;
+    lq_error err;
+
+    if (lq_registry_sub_info(c->client, q->rid, &cls, &where) < 0) {
+        pquery_free(gw, q);
+        return;
+    }
+    if (gw->cache) {
+        lq_objcache_iter it;
+        lq_objcache_iter_init(&it, gw->cache, cls);
+        long n = send_result(gw, c, q->rid, 0, lq_objcache_next, &it, 0, q->asked);
+        LQ_DEBUG("query answered from the cache", "client=%s class=%s results=%ld cached=%zu", c->client_id,
+                 cls, n, lq_objcache_count(gw->cache, cls));
+        pquery_free(gw, q);
+        return;
+    }
+    q->token = ++gw->last_token;
+    /* the result may take half the queue limit, what was held a quarter: both
+     * go into the queue at once and must not make a slow consumer of it */
+    lq_registry_hold(gw->reg, c->client, q->rid, q->token, HOLD_EVENTS, gw->cfg->max_queue_bytes / 4);
+    lq_snapshot *snap = lq_snapshot_new(q->token, cls, where, &gw->qlim, gw->cfg, scan_max(gw), lq_wall_ms());
+    if (gw->auth == NULL || lq_auth_submit(gw->auth, lq_snapshot_run, lq_snapshot_drop, snap) != LQ_OK) {
+        lq_snapshot_free(snap);
+        lq_registry_release(gw->reg, c->client, q->rid, q->token, 0, deliver, gw);
+        lq_error_set(&err, LQ_PARSE_ERR_RESYNC,
+                     "Live query results for class %s could not be read now; try again", cls);
+        query_error(gw, c, q->rid, q->asked, &err, 0, 1);
+        q->token = 0; /* not in the reading table */
+        pquery_free(gw, q);
+        return;
+    }
+    HASH_ADD(hh, gw->pqueries, token, sizeof(q->token), q);
+}
+
+/* c's subscription rid got its position: its query ops start now. */
+static void queries_start(lq_gateway *gw, conn *c, double rid)
+{
+    pquery *q, *next;
+
+    for (q = c->pq; q; q = next) {
+        next = q->cnext;
+        if (q->token == 0 && q->rid == rid)
+            query_begin(gw, q);
+    }
+}
+
+static void on_query(lq_gateway *gw, conn *c, const lq_request *req)
+{
+    double rid = req->request_id;
+    lq_error err;
+    pquery *q;
+
+    if (c->client == NULL) {
+        lq_error_set(&err, LQ_PARSE_ERR_NO_CLIENT,
+                     "Can not find this client, make sure you connect to server before querying");
+        query_error(gw, c, 0, 1, &err, 1, 0);
+        return;
+    }
+    int state = lq_registry_sub_info(c->client, rid, NULL, NULL);
+    if (state < 0) { /* as Parse answers an unsubscribe of an unknown requestId */
+        lq_buf id;
+        lq_buf_init(&id);
+        lq_proto_request_id(&id, rid);
+        lq_error_set(&err, LQ_PARSE_ERR_NO_CLIENT,
+                     "Cannot find subscription with clientId %s subscriptionId %s. Make sure you "
+                     "subscribe to live query server before querying.",
+                     c->client_id, id.data);
+        lq_buf_release(&id);
+        query_error(gw, c, 0, 1, &err, 1, 0);
+        return;
+    }
+    for (q = c->pq; q; q = q->cnext) {
+        if (q->rid == rid) { /* one in progress: its result answers this one too */
+            q->asked++;
+            return;
+        }
+    }
+    if (c->npq >= MAX_QUERIES) {
+        lq_error_set(&err, LQ_PARSE_ERR_LIMIT,
+                     "too many queries waiting for their results on this connection (limit %d)",
+                     MAX_QUERIES);
+        query_error(gw, c, rid, 1, &err, 0, 1);
+        return;
+    }
+    q = lq_xcalloc(1, sizeof(*q));
+    q->c = c;
+    q->rid = rid;
+    q->asked = 1;
+    q->t0_ms = lq_wall_ms();
+    q->cnext = c->pq;
+    c->pq = q;
+    c->npq++;
+    if (state == 1)
+        return; /* waits for its position (the resume extension): on_position starts it */
+    query_begin(gw, q);
+}
+
+/* A snapshot read is back (auth.h job_done): the result, then the held
+ * events it does not contain. */
+static void hook_job_done(void *ud, void *arg)
+{
+    lq_gateway *gw = ud;
+    lq_snapshot *snap = arg;
+    pquery *q;
+    lq_error err;
+
+    HASH_FIND(hh, gw->pqueries, &snap->token, sizeof(snap->token), q);
+    if (q == NULL) { /* its connection or subscription is gone, or its hold overflowed */
+        lq_snapshot_free(snap);
+        return;
+    }
+    conn *c = q->c;
+    if (snap->status != LQ_SNAPSHOT_OK) {
+        long d = lq_registry_release(gw->reg, c->client, q->rid, q->token, 0, deliver, gw);
+        if (d >= 0) {
+            if (snap->status == LQ_SNAPSHOT_NO_CLUSTER_TIME)
+                lq_error_set(&err, LQ_PARSE_ERR_RESYNC,
+                             "Live query results for class %s need MongoDB 5.0 or later (snapshot reads)",
+                             snap->class_name);
+            else
+                lq_error_set(&err, LQ_PARSE_ERR_RESYNC,
+                             "Live query results for class %s could not be read now; try again",
+                             snap->class_name);
+            query_error(gw, c, q->rid, q->asked, &err, 0, 1);
+            if (d > 0)
+                LQ_METRIC_ADD(deliveries, d);
+        }
+        LQ_WARN("query results could not be read", "client=%s class=%s why=\"%s\"", c->client_id,
+                snap->class_name,
+                snap->status == LQ_SNAPSHOT_NO_CLUSTER_TIME ? "no atClusterTime in the reply" : snap->why);
+    } else {
+        arr_it it = {snap->objects, snap->n, 0};
+        long n = send_result(gw, c, q->rid, q->token, arr_next, &it, snap->more, q->asked);
+        if (n >= 0) {
+            long d = lq_registry_release(gw->reg, c->client, q->rid, q->token, snap->ct, deliver, gw);
+            if (d > 0)
+                LQ_METRIC_ADD(deliveries, d);
+            LQ_DEBUG("query answered from MongoDB",
+                     "client=%s class=%s results=%ld matched=%zu scanned=%zu more=%d by_id=%d "
+                     "cluster_time=%u.%u read_ms=%lld total_ms=%lld released=%ld",
+                     c->client_id, snap->class_name, n, snap->n, snap->scanned, snap->more,
+                     snap->pushed_down, (unsigned)(snap->ct >> 32), (unsigned)(snap->ct & 0xffffffffu),
+                     (long long)snap->took_ms, (long long)(lq_wall_ms() - q->t0_ms), d);
+        }
+    }
+    pquery_free(gw, q);
+    lq_snapshot_free(snap);
+}
+
+/* A subscription held more events than allowed while its snapshot was read
+ * (registry.h): the query fails; the registry delivers what it held. */
+static void hold_overflow(void *ud, void *connp, double rid, uint64_t token)
+{
+    lq_gateway *gw = ud;
+    conn *c = connp;
+    pquery *q;
+    lq_error err;
+
+    HASH_FIND(hh, gw->pqueries, &token, sizeof(token), q);
+    lq_error_set(&err, LQ_PARSE_ERR_LIMIT,
+                 "too many events for this subscription while its query results were read "
+                 "(limit %d events, %zu bytes); query again",
+                 HOLD_EVENTS, gw->cfg->max_queue_bytes / 4);
+    query_error(gw, c, rid, q ? q->asked : 1, &err, 0, 1);
+    if (q)
+        pquery_free(gw, q);
+    LQ_WARN("query failed: too many events held", "client=%s", c->client_id);
+}
+
+/*---- HTTP: /health, /ready and /metrics -----------------------------------------*/
+
+/* The /health and /ready body; returns 1 when ready: a gateway's Redis
+ * subscriber is connected and, with --mongodb-uri, MongoDB answers; a
+ * tailer-only process (active or standby) reaches Redis and MongoDB. */
+static int health_json(lq_gateway *gw, lq_buf *body)
+{
+    const lq_config *cfg = gw->cfg;
+    char tmp[256];
+    int has_mongo = cfg->mongodb_uri && cfg->mongodb_uri[0];
+    int tailer_on = (cfg->role & LQ_ROLE_TAILER) && has_mongo;
+    const char *tailer = !tailer_on ? "off" : LQ_METRIC_GET(tailer_leader) ? "active" : "standby";
+    /* a gateway's subscriber, else a tailer's lease connection */
+    int redis_ok = gw->bus ? lq_bus_connected(gw->bus) : tailer_on && LQ_METRIC_GET(tailer_redis_connected);
+    int mongo_ok = has_mongo && LQ_METRIC_GET(mongodb_connected);
+    /* a draining gateway is alive but wants no new clients */
+    int ready = (gw->bus || tailer_on) && redis_ok && (!has_mongo || mongo_ok) && !gw->draining;
+
+    snprintf(tmp, sizeof(tmp),
+             "{\"status\":\"ok\",\"redis\":\"%s\",\"connections\":%d,\"tailer\":\"%s\","
+             "\"ready\":%s,\"mongodb\":\"%s\",\"draining\":%s}\n",
+             !gw->bus && !tailer_on ? "n/a" : redis_ok ? "connected" : "disconnected", gw->nconns,
+             tailer, ready ? "true" : "false", !has_mongo ? "n/a" : mongo_ok ? "connected" : "disconnected",
+             gw->draining ? "true" : "false");
+    lq_buf_puts(body, tmp);
+    return ready;
+}
 
 static int http_request(lq_gateway *gw, conn *c, struct lws *wsi, const char *path)
 {
@@ -1073,24 +1447,17 @@ static int http_request(lq_gateway *gw, conn *c, struct lws *wsi, const char *pa
     lq_buf body;
 
     lq_buf_init(&body);
-    if (strcmp(path, "/health") == 0) {
-        char tmp[192];
-        const char *tailer = !((gw->cfg->role & LQ_ROLE_TAILER) && gw->cfg->mongodb_uri) ? "off"
-                             : LQ_METRIC_GET(tailer_leader)                        ? "active"
-                                                                                   : "standby";
-        snprintf(tmp, sizeof(tmp),
-                 "{\"status\":\"ok\",\"redis\":\"%s\",\"connections\":%d,\"tailer\":\"%s\"}\n",
-                 gw->bus == NULL ? "n/a" : lq_bus_connected(gw->bus) ? "connected" : "disconnected",
-                 gw->nconns, tailer);
-        lq_buf_puts(&body, tmp);
+    if (strcmp(path, "/health") == 0 || strcmp(path, "/ready") == 0) {
+        if (!health_json(gw, &body) && path[1] == 'r')
+            status = HTTP_STATUS_SERVICE_UNAVAILABLE;
         type = "application/json";
     } else if (strcmp(path, "/metrics") == 0) {
         LQ_METRIC_SET(queued_bytes, gw->queued_bytes);
-        lq_buf_reserve(&body, 16384); /* ~10 KB today (tests check nothing is cut off) */
+        lq_buf_reserve(&body, 32768); /* ~14 KB today (tests check nothing is cut off) */
         body.len = lq_metrics_render(body.data, body.cap);
         type = "text/plain; version=0.0.4";
     } else if (strcmp(path, "/") == 0) {
-        lq_buf_puts(&body, "livequeryd: Parse LiveQuery over WebSocket. GET /health, /metrics\n");
+        lq_buf_puts(&body, "livequeryd: Parse LiveQuery over WebSocket. GET /health, /ready, /metrics\n");
     } else {
         status = HTTP_STATUS_NOT_FOUND;
         lq_buf_puts(&body, "not found\n");
@@ -1139,6 +1506,7 @@ static void conn_release(lq_gateway *gw, conn *c)
     }
     c->parked_tail = NULL;
     c->nparked = 0;
+    queries_drop(gw, c, 1, 0);
     session_drop(gw, c->sess);
     c->sess = NULL;
     free(c->token);
@@ -1260,6 +1628,56 @@ static int on_receive(lq_gateway *gw, conn *c, struct lws *wsi, const char *in, 
     return 0;
 }
 
+/* 1 when origin (olen bytes) is allowed by list, --allowed-origins: "*" or
+ * one of its comma-separated entries (spaces around an entry ignored),
+ * compared case-insensitively. */
+static int origin_allowed(const char *list, const char *origin, size_t olen)
+{
+    const char *p = list;
+
+    while (*p) {
+        size_t len = strcspn(p, ",");
+        const char *o = p;
+        while (len && *o == ' ')
+            o++, len--;
+        while (len && o[len - 1] == ' ')
+            len--;
+        if ((len == 1 && o[0] == '*') || (len == olen && strncasecmp(o, origin, len) == 0))
+            return 1;
+        p += strcspn(p, ",");
+        if (*p == ',')
+            p++;
+    }
+    return 0;
+}
+
+/* A WebSocket upgrade whose Origin is not in --allowed-origins (read at each
+ * upgrade: SIGHUP may change it) is refused with 403. No Origin header (not
+ * a browser): allowed. Returns nonzero to refuse. */
+static int origin_filter(lq_gateway *gw, struct lws *wsi)
+{
+    char origin[512], esc[600], peer[64];
+    const char *list = gw->cfg->allowed_origins;
+    int n;
+
+    if (list == NULL || strcmp(list, "*") == 0)
+        return 0;
+    n = lws_hdr_total_length(wsi, WSI_TOKEN_ORIGIN);
+    if (n <= 0)
+        return 0;
+    if (n >= (int)sizeof(origin) || lws_hdr_copy(wsi, origin, sizeof(origin), WSI_TOKEN_ORIGIN) < 0)
+        snprintf(origin, sizeof(origin), "(%d bytes)", n); /* longer than any we could allow */
+    else if (origin_allowed(list, origin, strlen(origin)))
+        return 0;
+    LQ_METRIC_INC(origins_rejected);
+    lws_get_peer_simple(wsi, peer, sizeof(peer));
+    LQ_WARN("connection refused: origin not allowed", "origin=\"%s\" peer=%s",
+            lq_log_escape(esc, sizeof(esc), origin), peer);
+    lws_set_opaque_user_data(wsi, NULL); /* a complete request: no handshake timeout */
+    lws_return_http_status(wsi, HTTP_STATUS_FORBIDDEN, "origin not allowed");
+    return -1;
+}
+
 static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *user, void *in,
                     size_t len)
 {
@@ -1269,6 +1687,11 @@ static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *use
 
     switch (reason) {
     case LWS_CALLBACK_EVENT_WAIT_CANCELLED:
+        if (gw && gw->reload) {
+            gw->reload = 0;
+            if (gw->reload_fn)
+                gw->reload_fn(gw->reload_ud);
+        }
         if (gw && gw->bus)
             drain_bus(gw);
         if (gw)
@@ -1299,6 +1722,13 @@ static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *use
             }
         }
         return 0;
+
+    case LWS_CALLBACK_FILTER_PROTOCOL_CONNECTION:
+        if (gw && gw->draining) { /* stop accepting: new clients go to another gateway */
+            LQ_METRIC_INC(connections_rejected_draining);
+            return 1;
+        }
+        return gw ? origin_filter(gw, wsi) : 0;
 
     case LWS_CALLBACK_ESTABLISHED:
         lws_set_opaque_user_data(wsi, NULL); /* the handshake is complete */
@@ -1406,6 +1836,7 @@ lq_gateway *lq_gateway_new(const lq_config *cfg)
     lq_buf_init(&gw->out);
     lq_buf_init(&gw->scratch);
     lq_buf_init(&gw->posframe);
+    lq_buf_init(&gw->result);
     lq_buf_init(&gw->fan);
     if (cfg->io_uring) {
         int rc = io_uring_queue_init(FAN_RING, &gw->ring, 0);
@@ -1418,6 +1849,8 @@ lq_gateway *lq_gateway_new(const lq_config *cfg)
     lim.max_subscriptions = cfg->max_subscriptions;
     lim.max_query_bytes = cfg->max_query_bytes;
     gw->reg = lq_registry_new(&lim);
+    gw->qlim = lim.query;
+    lq_registry_set_hold_overflow(gw->reg, hold_overflow, gw);
 
     /* lws pings a connection idle for one interval and drops it when nothing
      * valid (a PONG or data) arrived for two */
@@ -1468,10 +1901,21 @@ lq_gateway *lq_gateway_new(const lq_config *cfg)
     info.timeout_secs = (unsigned int)cfg->handshake_timeout_s;
     info.timeout_secs_ah_idle = (unsigned int)cfg->handshake_timeout_s;
     info.max_http_header_pool = 64;
+    if (cfg->tls_cert) {
+        /* TLS only on this port (lws' OpenSSL): a plain ws:// or http://
+         * client fails its handshake. HTTP/1.1 only: the fan-out writes
+         * WebSocket frames through lws_write(RAW), which HTTP/2 would not
+         * carry. */
+        info.options |= LWS_SERVER_OPTION_DO_SSL_GLOBAL_INIT;
+        info.ssl_cert_filepath = cfg->tls_cert;
+        info.ssl_private_key_filepath = cfg->tls_key;
+        info.alpn = "http/1.1";
+    }
     gw->ctx = lws_create_context(&info);
     /* on libuv lws returns a context even when its vhost could not listen */
     if (gw->ctx == NULL || lws_get_vhost_by_name(gw->ctx, "default") == NULL) {
-        LQ_ERROR("cannot listen", "host=%s port=%d", cfg->host, cfg->port);
+        LQ_ERROR("cannot listen", "host=%s port=%d tls=%s", cfg->host, cfg->port,
+                 cfg->tls_cert ? "on (or the certificate or key is unusable)" : "off");
         lq_gateway_free(gw);
         return NULL;
     }
@@ -1486,6 +1930,11 @@ lq_gateway *lq_gateway_new(const lq_config *cfg)
         if (cfg->mongodb_uri == NULL)
             LQ_INFO("no --mongodb-uri: session tokens cannot be checked; subscriptions that give "
                     "one are refused (209)", NULL);
+        if (cfg->mongodb_uri == NULL) { /* the query op answers from what the bus carried */
+            gw->cache = lq_objcache_new((size_t)cfg->initial_cache_size);
+            LQ_INFO("no --mongodb-uri: query results come from the objects seen on the bus since start",
+                    "initial_cache_size=%d max_results=%d", cfg->initial_cache_size, cfg->max_results);
+        }
         auth_tick(&gw->auth_tick);
         gw->bus = lq_bus_new(cfg, wake, gw);
         if (lq_bus_start(gw->bus) != LQ_OK) {
@@ -1494,9 +1943,10 @@ lq_gateway *lq_gateway_new(const lq_config *cfg)
             return NULL;
         }
     }
-    LQ_INFO("listening", "host=%s port=%d app_id=%s redis=%s:%d event_loop=%s fanout=%s websocket=%s",
-            cfg->host, cfg->port, cfg->app_id, cfg->redis_host, cfg->redis_port, gw->uv ? "uv" : "poll",
-            gw->ring_ok ? "io_uring" : "send", gw->bus ? "on" : "off (tailer only: /health and /metrics)");
+    LQ_INFO("listening", "host=%s port=%d tls=%s app_id=%s redis=%s:%d event_loop=%s fanout=%s websocket=%s",
+            cfg->host, cfg->port, cfg->tls_cert ? "on" : "off", cfg->app_id, cfg->redis_host,
+            cfg->redis_port, gw->uv ? "uv" : "poll", gw->ring_ok ? "io_uring" : "send",
+            gw->bus ? "on" : "off (tailer only: /health, /ready and /metrics)");
     return gw;
 }
 
@@ -1539,7 +1989,7 @@ int lq_gateway_run(lq_gateway *gw)
     /* Going away: every client gets what is already queued, then a 1001 close,
      * so SDKs reconnect (to another gateway) at once instead of timing out. */
     gw->draining = 1;
-    gw->drain_deadline = lq_wall_ms() + DRAIN_MS;
+    gw->drain_deadline = lq_wall_ms() + (int64_t)gw->cfg->drain_timeout_s * 1000;
     LQ_INFO("draining", "connections=%d", gw->nconns);
     DL_FOREACH(gw->conns, c) {
         close_after_flush(c, LWS_CLOSE_STATUS_GOINGAWAY, "going away");
@@ -1550,6 +2000,30 @@ int lq_gateway_run(lq_gateway *gw)
             break;
     lws_sul_cancel(&gw->drain_tick);
     return 0;
+}
+
+void lq_gateway_on_reload(lq_gateway *gw, lq_reload_fn reload, void *ud)
+{
+    gw->reload_fn = reload;
+    gw->reload_ud = ud;
+}
+
+void lq_gateway_reload(lq_gateway *gw)
+{
+    gw->reload = 1;
+    if (gw->ctx)
+        lws_cancel_service(gw->ctx);
+}
+
+void lq_gateway_config_changed(lq_gateway *gw)
+{
+    lq_registry_limits lim;
+    lq_query_limits_default(&lim.query);
+    lim.query.max_depth = gw->cfg->max_query_depth;
+    lim.max_subscriptions = gw->cfg->max_subscriptions;
+    lim.max_query_bytes = gw->cfg->max_query_bytes;
+    lq_registry_set_limits(gw->reg, &lim);
+    gw->qlim = lim.query;
 }
 
 void lq_gateway_stop(lq_gateway *gw)
@@ -1592,13 +2066,21 @@ void lq_gateway_free(lq_gateway *gw)
             LQ_DEBUG("libuv loop left open at exit", NULL);
     }
     lq_bus_free(gw->bus);
+    while (gw->pqueries) { /* their connections are gone: nobody to answer */
+        pquery *q = gw->pqueries;
+        HASH_DEL(gw->pqueries, q);
+        free(q);
+    }
+    lq_objcache_free(gw->cache);
     lq_registry_free(gw->reg);
     free(gw->unref);
     lq_buf_release(&gw->out);
     lq_buf_release(&gw->scratch);
     lq_buf_release(&gw->posframe);
+    lq_buf_release(&gw->result);
     lq_buf_release(&gw->fan);
     free(gw->fan_v);
+    free(gw->lat_ts);
     if (gw->ring_ok)
         io_uring_queue_exit(&gw->ring);
     free(gw);

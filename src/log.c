@@ -61,7 +61,7 @@ static size_t json_fields(char *line, size_t at, size_t cap, const char *f)
         if (*eq != '=') { /* a bare word: keep it, under "extra" */
             f = eq;
             line[at++] = ',';
-            at = (size_t)snprintf(line + at, cap - at, "\"extra\":\"");
+            at += (size_t)snprintf(line + at, cap - at, "\"extra\":\"");
             at = json_chars(line, at, cap, k, (size_t)(eq - k));
             if (at + 1 < cap)
                 line[at++] = '"';

@@ -35,6 +35,7 @@
 #define PIPELINE_MAX 256      /* events per publish script call */
 #define BATCH_BYTES (1 << 20) /* ... or fewer once their messages pass this size */
 #define QUEUE_MAX 4096        /* events read but not yet published, per class */
+#define MONGO_PING_MS 5000    /* with no stream reading, MongoDB is pinged this often (mongodb_connected) */
 
 /* One script does every write, so each is atomic and fenced by the lease.
  * KEYS: lease, state hash, stream.  ARGV: owner, mode, epoch, seq, token,
@@ -198,6 +199,8 @@ struct lq_tailer {
     /* _SCHEMA watcher thread only: the CLPs published in this term */
     clp_entry *clps;
     int clp_generation; /* leadership generation clps was published in (0: none) */
+
+    lq_mongo_pinger *pinger; /* mongodb_connected while no stream runs (standby) */
 };
 
 /* Sleeps ms, or less when stopping. Returns 1 when stopping. */
@@ -1022,6 +1025,20 @@ static int write_previous(stream_ctx *s, lq_buf *out, const bson_t *ev, const ch
 
 typedef enum { EV_DONE, EV_REOPEN, EV_LOST, EV_STOP } ev_result;
 
+/* livequery_tailer_lag_seconds: now - the event's wallTime (MongoDB 6+),
+ * else its clusterTime (whole seconds). */
+static void note_lag(const bson_t *ev)
+{
+    bson_iter_t it;
+    if (bson_iter_init_find(&it, ev, "wallTime") && BSON_ITER_HOLDS_DATE_TIME(&it)) {
+        lq_metrics_set_tailer_lag_ms(lq_wall_ms() - bson_iter_date_time(&it));
+    } else if (bson_iter_init_find(&it, ev, "clusterTime") && BSON_ITER_HOLDS_TIMESTAMP(&it)) {
+        uint32_t secs, inc;
+        bson_iter_timestamp(&it, &secs, &inc);
+        lq_metrics_set_tailer_lag_ms(lq_wall_ms() - (int64_t)secs * 1000);
+    }
+}
+
 /* Handles one change event. *reopen_token is set (owned) when the stream
  * must be re-opened after it (invalidate). */
 static ev_result handle_event(stream_ctx *s, const bson_t *ev, char **reopen_token)
@@ -1036,6 +1053,7 @@ static ev_result handle_event(stream_ctx *s, const bson_t *ev, char **reopen_tok
     const lq_class_schema *cls = lq_schema_class(schema, s->class_name);
     lq_buf *m = &s->msg;
     size_t obj_at = 0, obj_len = 0;
+    uint32_t ct_t = 0, ct_i = 0;
 
     if (bson_iter_init_find(&it, ev, "operationType") && BSON_ITER_HOLDS_UTF8(&it))
         type = bson_iter_utf8(&it, NULL);
@@ -1050,14 +1068,18 @@ static ev_result handle_event(stream_ctx *s, const bson_t *ev, char **reopen_tok
     if (bson_iter_init_find(&it, ev, "documentKey") && bson_iter_recurse(&it, &key) &&
         bson_iter_find(&key, "_id"))
         key_text(&key, id, sizeof(id));
+    /* the change's cluster time: gateways line snapshot reads up with it (the query op) */
+    if (bson_iter_init_find(&it, ev, "clusterTime") && BSON_ITER_HOLDS_TIMESTAMP(&it))
+        bson_iter_timestamp(&it, &ct_t, &ct_i);
     if (type == NULL || token == NULL) {
         LQ_WARN("tailer skips a change event without operationType or _id", "class=%s", s->class_name);
         goto out;
     }
     LQ_METRIC_INC(tailer_events_in);
+    note_lag(ev);
 
     /* the message is built as text, straight from the BSON (protocol/bus.md):
-     * {"v":1,"className":…,"op":…,"object":{…}[,"original":{…}],"seq":…,"epoch":…,"ts":…} */
+     * {"v":1,"className":…,"op":…,"object":{…}[,"original":{…}],"seq":…,"epoch":…[,"ct":"<t>.<i>"],"ts":…} */
     m->len = 0;
     lq_buf_puts(m, "{\"v\":1,\"className\":");
     lq_buf_json_string(m, s->class_name, strlen(s->class_name));
@@ -1121,6 +1143,10 @@ static ev_result handle_event(stream_ctx *s, const bson_t *ev, char **reopen_tok
         lq_buf_append(m, num, (size_t)n);
         lq_buf_puts(m, ",\"epoch\":");
         lq_buf_json_string(m, s->epoch, strlen(s->epoch));
+        if (ct_t != 0 || ct_i != 0) {
+            n = snprintf(num, sizeof(num), ",\"ct\":\"%u.%u\"", ct_t, ct_i);
+            lq_buf_append(m, num, (size_t)n);
+        }
         n = snprintf(num, sizeof(num), ",\"ts\":%lld}", (long long)lq_wall_ms());
         lq_buf_append(m, num, (size_t)n);
         /* the cache keeps the object as published; the queue takes a copy of the message */
@@ -1265,6 +1291,7 @@ static void class_term(stream_ctx *s, int generation)
                atomic_load(&t->generation) == generation) {
             if (mongoc_change_stream_next(cs, &doc)) {
                 char *reopen = NULL;
+                lq_mongo_note(1);
                 ev_result r = handle_event(s, doc, &reopen);
                 backoff = BACKOFF_MIN_MS;
                 if (r == EV_REOPEN) {
@@ -1286,6 +1313,7 @@ static void class_term(stream_ctx *s, int generation)
                     if (new_epoch(s, "history lost: the resume point is no longer in the oplog", NULL) != PUB_OK)
                         break;
                 } else {
+                    lq_mongo_note(0);
                     LQ_WARN("tailer change stream failed; reopening from the stored token",
                             "class=%s code=%u error=\"%s\" backoff_ms=%d", s->class_name,
                             error.code, error.message, backoff);
@@ -1293,6 +1321,7 @@ static void class_term(stream_ctx *s, int generation)
                 }
                 break;
             }
+            lq_mongo_note(1); /* an empty getMore: MongoDB answered */
             if (lq_mono_ms() - last_store >= TOKEN_IDLE_MS) {
                 if (store_idle_token(s, cs) != PUB_OK)
                     break;
@@ -1332,6 +1361,7 @@ static void schema_term(stream_ctx *s, int generation)
         while (!failed && !atomic_load(&t->stopping) && atomic_load(&t->leader) &&
                atomic_load(&t->generation) == generation) {
             if (mongoc_change_stream_next(cs, &doc)) {
+                lq_mongo_note(1);
                 /* reload at once: draining first would wait out a getMore's
                  * maxAwaitTimeMS (1 s) when nothing more is there; _SCHEMA
                  * changes are rare, and a reload that finds no CLP change
@@ -1340,6 +1370,7 @@ static void schema_term(stream_ctx *s, int generation)
                     failed = 1;
                 backoff = BACKOFF_MIN_MS;
             } else if (mongoc_change_stream_error_document(cs, &error, &reply)) {
+                lq_mongo_note(0);
                 LQ_WARN("tailer _SCHEMA stream failed; reopening", "code=%u error=\"%s\"",
                         error.code, error.message);
                 failed = 1;
@@ -1402,6 +1433,18 @@ static void *stream_main(void *arg)
 
 /*---- the lease -------------------------------------------------------------------*/
 
+/* Reads who holds the lease (livequery_tailer_lease_holder) after an
+ * attempt that found it was not ours. NULL when the connection broke. */
+static redisReply *read_holder(lq_tailer *t, redisContext *c)
+{
+    redisReply *r = redisCommand(c, "GET %s", t->lease_key);
+    if (r && r->type == REDIS_REPLY_STRING)
+        lq_metrics_set_lease_holder(r->str);
+    else if (r)
+        lq_metrics_set_lease_holder(NULL); /* nobody: free for the next attempt */
+    return r;
+}
+
 static void *lease_main(void *arg)
 {
     lq_tailer *t = arg;
@@ -1426,18 +1469,29 @@ static void *lease_main(void *arg)
                 LQ_METRIC_SET(tailer_leader, 1);
                 LQ_METRIC_INC(tailer_lease_acquired);
                 LQ_INFO("tailer lease acquired: this tailer publishes", "id=%s ttl_ms=%d", t->id, ttl);
+                lq_metrics_set_lease_holder(t->id);
+            } else if (r && r->type == REDIS_REPLY_NIL) {
+                freeReplyObject(r);
+                r = read_holder(t, c);
             }
         } else if (c) {
             r = redisCommand(c, "EVAL %s 1 %s %s %d", RENEW_LUA, t->lease_key, t->id, ttl);
             if (r && r->type == REDIS_REPLY_INTEGER && r->integer == 1) {
                 last_ok = lq_mono_ms();
+                lq_metrics_set_lease_holder(t->id);
             } else if (r && r->type == REDIS_REPLY_INTEGER) {
                 if (atomic_exchange(&t->leader, 0)) {
                     LQ_METRIC_INC(tailer_lease_lost);
                     LQ_WARN("tailer lease lost to another tailer: publishing stopped", "id=%s", t->id);
                 }
+                freeReplyObject(r);
+                r = read_holder(t, c);
             }
         }
+        /* answered (an error reply too: Redis is there) */
+        LQ_METRIC_SET(tailer_redis_connected, r != NULL);
+        if (r == NULL)
+            lq_metrics_set_lease_holder(NULL); /* unknown while Redis cannot be read */
         if (r == NULL && c) {
             redisFree(c);
             c = NULL;
@@ -1460,6 +1514,8 @@ static void *lease_main(void *arg)
         LQ_INFO("tailer lease released", "id=%s", t->id);
     }
     LQ_METRIC_SET(tailer_leader, 0);
+    LQ_METRIC_SET(tailer_redis_connected, 0);
+    lq_metrics_set_lease_holder(NULL);
     if (c)
         redisFree(c);
     return NULL;
@@ -1560,6 +1616,7 @@ int lq_tailer_start(lq_tailer *t)
     if (pthread_create(&t->lease_thread, NULL, lease_main, t) != 0)
         return LQ_ERR;
     t->started = 1;
+    t->pinger = lq_mongo_pinger_start(t->cfg->mongodb_uri, MONGO_PING_MS);
     for (size_t i = 0; i < t->nstreams; i++) {
         stream_ctx *s = &t->streams[i];
         if (!s->is_schema) {
@@ -1602,6 +1659,8 @@ void lq_tailer_stop(lq_tailer *t)
         s->started = s->pub_started = 0;
     }
     pthread_join(t->lease_thread, NULL);
+    lq_mongo_pinger_stop(t->pinger);
+    t->pinger = NULL;
     t->started = 0;
 }
 

@@ -12,6 +12,7 @@
 #define LQ_METRICS(X)                                                                              \
     X(connections_total, counter, "WebSocket connections accepted")                                \
     X(connections_rejected, counter, "connections refused: server full")                          \
+    X(connections_rejected_draining, counter, "WebSocket upgrades refused while draining (SIGTERM)") \
     X(connections, gauge, "open WebSocket connections")                                            \
     X(subscriptions, gauge, "live subscriptions")                                                  \
     X(subscription_groups, gauge, "distinct (class, canonical query) groups")                     \
@@ -76,7 +77,15 @@
     X(resumes, counter, "positions subscriptions started (resumed or fresh)")                     \
     X(resume_events, counter, "events replayed to subscriptions resuming from a position")       \
     X(resumes_gone, counter, "resumes refused: the events after the position are gone")          \
-    X(deliveries_fields_hidden, counter, "deliveries with protected fields removed")
+    X(deliveries_fields_hidden, counter, "deliveries with protected fields removed")              \
+    X(queries, counter, "query ops answered with a result (initial results)")                    \
+    X(query_results_objects, counter, "objects sent in query results")                           \
+    X(query_errors, counter, "query ops answered with an error")                                 \
+    X(query_events_held, counter, "events held while a query's snapshot was read")               \
+    X(query_events_skipped, counter, "events not delivered: the query's snapshot already had them")             \
+    X(origins_rejected, counter, "WebSocket upgrades refused (HTTP 403): Origin not in --allowed-origins") \
+    X(mongodb_connected, gauge, "1 while MongoDB answers: change streams, session lookups, or a ping every 5 s when neither ran") \
+    X(tailer_redis_connected, gauge, "1 while the tailer's lease connection gets answers from Redis")
 
 typedef struct lq_metrics {
 #define LQ_METRIC_FIELD(name, kind, help) _Atomic int64_t name;
@@ -91,7 +100,27 @@ extern lq_metrics lq_m;
 #define LQ_METRIC_SET(name, v) atomic_store_explicit(&lq_m.name, (int64_t)(v), memory_order_relaxed)
 #define LQ_METRIC_GET(name) atomic_load_explicit(&lq_m.name, memory_order_relaxed)
 
-/* Renders every metric as Prometheus text (prefix "livequery_") into buf.
+/* Publish-to-delivery latency (livequery_delivery_latency_seconds, a
+ * histogram): us = microseconds from a bus event's `ts` to the moment its
+ * frames were handed to the socket writes; negative values (clock skew)
+ * count as 0. Lock-free, no allocation; any thread. */
+void lq_metrics_observe_delivery_us(int64_t us);
+
+/* Lag gauges, in ms, as measured when the last event arrived:
+ * livequery_bus_lag_seconds (gateway: arrival - bus `ts`) and
+ * livequery_tailer_lag_seconds (tailer: read - the change's wallTime or
+ * clusterTime). Rendered NaN until the first measurement. Any thread. */
+void lq_metrics_set_bus_lag_ms(int64_t ms);
+void lq_metrics_set_tailer_lag_ms(int64_t ms);
+
+/* The tailer lease's owner as this process last read it from Redis
+ * (livequery_tailer_lease_holder{holder="…"} 1); NULL or "": unknown or
+ * nobody (no sample rendered). Any thread. */
+void lq_metrics_set_lease_holder(const char *id);
+
+/* Renders every metric as Prometheus text (prefix "livequery_") into buf:
+ * the LQ_METRICS counters and gauges, then the families above and
+ * livequery_drops_total{reason} (built from existing counters).
  * Returns the length written, truncated to cap - 1 and NUL-terminated. */
 size_t lq_metrics_render(char *buf, size_t cap);
 

@@ -24,4 +24,21 @@ mongoc_client_pool_t *lq_mongo_pool_new(const char *uri_text, const char *appnam
                                         int32_t socket_timeout_ms, mongoc_uri_t **uri,
                                         const char **db);
 
+/* MongoDB reachability as this process last saw it (the gauge
+ * mongodb_connected, /health, /ready): every user of MongoDB reports what
+ * its last operation found (1 answered, 0 failed). Any thread. */
+void lq_mongo_note(int reachable);
+
+/* A thread that pings MongoDB (the `ping` command) at start and then every
+ * interval_ms unless another operation reported reachability within that
+ * time (lq_mongo_note): so the state is real when nothing else reads
+ * MongoDB (a gateway before its first session lookup, a standby tailer).
+ * Its client is its own, with 1 s connect and server-selection timeouts, so
+ * a ping (and lq_mongo_pinger_stop) never waits long. NULL after logging why. */
+typedef struct lq_mongo_pinger lq_mongo_pinger;
+lq_mongo_pinger *lq_mongo_pinger_start(const char *uri_text, int interval_ms);
+
+/* Stops and joins the thread, frees. Accepts NULL. */
+void lq_mongo_pinger_stop(lq_mongo_pinger *p);
+
 #endif

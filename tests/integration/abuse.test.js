@@ -347,7 +347,7 @@ h.test('--help lists the abuse settings with their variables and defaults; bad v
   assert.equal(r.status, 0, `exit status (stderr: ${r.stderr})`);
   for (const [flag, env, def] of [['--max-messages-per-second', 'LIVEQUERY_MAX_MESSAGES_PER_SECOND', '100'],
     ['--message-burst', 'LIVEQUERY_MESSAGE_BURST', '512'], ['--handshake-timeout', 'LIVEQUERY_HANDSHAKE_TIMEOUT', '10']]) {
-    assert.match(r.stdout, new RegExp(`${flag} .*\\n\\s+env ${env}, default ${def}\\n`), `--help lists ${flag}`);
+    assert.match(r.stdout, new RegExp(`${flag} .*\\n\\s+env ${env}, default ${def}( \\(reload\\))?\\n`), `--help lists ${flag}`);
   }
   const port = String(await h.freePort());
   for (const [args, env, mention] of [

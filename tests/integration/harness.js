@@ -162,14 +162,15 @@ function freePort() {
 
 /* The port accepts and answers a complete HTTP request (any status). A bare
  * connect-and-close is deliberately not used as the readiness probe: that case
- * is tested on its own in hostile.test.js. */
-function httpAnswers(port) {
+ * is tested on its own in hostile.test.js. tlsOpts (e.g. {ca}): over TLS. */
+function httpAnswers(port, tlsOpts) {
   return new Promise((resolve) => {
-    const s = net.connect({ port, host: '127.0.0.1' });
+    const s = tlsOpts ? require('node:tls').connect({ port, host: '127.0.0.1', ...tlsOpts })
+      : net.connect({ port, host: '127.0.0.1' });
     let buf = '';
     const done = (v) => { s.destroy(); resolve(v); };
     s.setTimeout(2000, () => done(false));
-    s.once('connect', () => s.write(`GET /health HTTP/1.1\r\nHost: 127.0.0.1:${port}\r\nConnection: close\r\n\r\n`));
+    s.once(tlsOpts ? 'secureConnect' : 'connect', () => s.write(`GET /health HTTP/1.1\r\nHost: 127.0.0.1:${port}\r\nConnection: close\r\n\r\n`));
     s.on('data', (d) => { buf += d; if (buf.length >= 12) done(/^HTTP\/1\.[01] \d{3}/.test(buf)); });
     s.once('end', () => done(/^HTTP\/1\.[01] \d{3}/.test(buf)));
     s.once('error', () => done(false));
@@ -268,8 +269,10 @@ async function startRedis(opts = {}) {
 /* ------------------------------------------------------------------ */
 
 /* Spawns livequeryd on a free port and waits until it accepts and answers HTTP.
- * opts: {redisPort | redis, appId, masterKey, args: [...extra flags], env, port}.
- * Returns {port, url, proc, logs(), logsSince(offset), logOffset(), stop()}. */
+ * opts: {redisPort | redis, appId, masterKey, args: [...extra flags], env, port,
+ * tls: {ca} (the gateway runs with --tls-cert/--tls-key given in args: probed
+ * over TLS trusting ca; url is wss://)}.
+ * Returns {port, url, http, proc, logs(), logsSince(offset), logOffset(), stop()}. */
 async function startGateway(opts = {}) {
   const bin = gatewayBin();
   if (!fs.existsSync(bin)) throw new Error(`livequeryd binary not found at ${bin} (set LIVEQUERYD_BIN)`);
@@ -287,7 +290,9 @@ async function startGateway(opts = {}) {
   proc.stderr.on('data', (d) => { log += d; });
   const g = {
     port,
-    url: `ws://127.0.0.1:${port}`,
+    url: `${opts.tls ? 'wss' : 'ws'}://127.0.0.1:${port}`,
+    http: `${opts.tls ? 'https' : 'http'}://127.0.0.1:${port}`,
+    wsOpts: opts.tls ? { ...opts.tls } : {}, // `ws` options a client of this gateway needs (its CA)
     proc,
     args,
     stopping: false,
@@ -317,7 +322,7 @@ async function startGateway(opts = {}) {
   try {
     await waitFor(async () => {
       if (exited(proc)) throw fatal(`livequeryd exited early (code ${proc.exitCode}, signal ${proc.signalCode})`);
-      return httpAnswers(port);
+      return httpAnswers(port, opts.tls);
     }, { timeout: 10000, what: `livequeryd answering HTTP on ${port}` });
   } catch (e) {
     dumpGatewayLogs(g, 'startup failed');
@@ -641,7 +646,7 @@ const PUBLIC_CLP = {
  * parse:true, from <appId>afterSave): a probe client subscribes to LqProbe and
  * probe objects are published until one comes back. */
 async function waitBusReady(gw, pub, { appId = APP_ID, parse = true, timeout = 10000 } = {}) {
-  const c = await wsClient(gw.url, { appId });
+  const c = await wsClient(gw.url, { appId, ws: gw.wsOpts });
   try {
     await c.connect();
     await c.subscribe(1, 'LqProbe', {});
