@@ -328,8 +328,15 @@ static int read_file(const char *path, char *vals[], int lines[], FILE *err)
     char line[4096];
     int n = 0;
 
+    struct stat st;
+
     if (f == NULL) {
         fprintf(err, "livequeryd: --config: cannot read '%s': %s\n", path, strerror(errno));
+        return -1;
+    }
+    if (fstat(fileno(f), &st) != 0 || !S_ISREG(st.st_mode)) { /* not a FIFO or a device to block on */
+        fprintf(err, "livequeryd: --config: '%s' is not a regular file\n", path);
+        fclose(f);
         return -1;
     }
     while (fgets(line, sizeof(line), f)) {
