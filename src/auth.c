@@ -172,14 +172,6 @@ struct lq_auth {
 
 /*---- small helpers -----------------------------------------------------------------*/
 
-static char *concat(const char *a, const char *b)
-{
-    size_t la = strlen(a), lb = strlen(b);
-    char *s = lq_xmalloc(la + lb + 1);
-    memcpy(s, a, la);
-    memcpy(s + la, b, lb + 1);
-    return s;
-}
 
 /* A token for logs: its first 6 characters and an ellipsis, never more. */
 /* A token as logs may show it: never the token, nor a prefix of it (Parse
@@ -1083,11 +1075,11 @@ int lq_auth_start(lq_auth *a)
     if (max_pool > 0 && a->nthreads > max_pool)
         a->nthreads = max_pool;
     const char *prefix = cfg->collection_prefix ? cfg->collection_prefix : "";
-    a->c_session = concat(prefix, "_Session");
-    a->c_user = concat(prefix, "_User");
-    a->c_role = concat(prefix, "_Role");
-    a->c_join_users = concat(prefix, "_Join:users:_Role");
-    a->c_join_roles = concat(prefix, "_Join:roles:_Role");
+    a->c_session = lq_xconcat(prefix, "_Session", "");
+    a->c_user = lq_xconcat(prefix, "_User", "");
+    a->c_role = lq_xconcat(prefix, "_Role", "");
+    a->c_join_users = lq_xconcat(prefix, "_Join:users:_Role", "");
+    a->c_join_roles = lq_xconcat(prefix, "_Join:roles:_Role", "");
     a->threads = lq_xcalloc((size_t)a->nthreads, sizeof(pthread_t));
     for (int i = 0; i < a->nthreads; i++) {
         if (pthread_create(&a->threads[i], NULL, worker_main, a) != 0) {

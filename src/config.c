@@ -382,6 +382,25 @@ fail:
     return -1;
 }
 
+int lq_config_list_next(const char **p, const char **item, size_t *len)
+{
+    const char *s = *p, *o;
+    size_t n;
+
+    if (*s == '\0')
+        return 0;
+    n = strcspn(s, ",");
+    *p = s[n] == ',' ? s + n + 1 : s + n;
+    o = s;
+    while (n && *o == ' ')
+        o++, n--;
+    while (n && o[n - 1] == ' ')
+        n--;
+    *item = o;
+    *len = n;
+    return 1;
+}
+
 /* One Origin value: "*" or scheme://host[:port], nothing after. */
 static int origin_valid(const char *o, size_t len)
 {
@@ -481,22 +500,14 @@ int lq_config_parse(lq_config *cfg, int argc, char **argv, FILE *out, FILE *err)
         }
     }
     {
-        const char *p = cfg->allowed_origins;
-        while (*p) {
-            size_t len = strcspn(p, ",");
-            const char *o = p;
-            while (len && *o == ' ')
-                o++, len--;
-            while (len && o[len - 1] == ' ')
-                len--;
+        const char *p = cfg->allowed_origins, *o;
+        size_t len;
+        while (lq_config_list_next(&p, &o, &len)) {
             if (!origin_valid(o, len)) {
                 fprintf(err, "livequeryd: --allowed-origins: '%.*s' is not * or scheme://host[:port]\n",
                         (int)len, o);
                 goto fail;
             }
-            p += strcspn(p, ",");
-            if (*p == ',')
-                p++;
         }
     }
     if (cfg->web_root && cfg->web_root[0]) {

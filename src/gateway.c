@@ -1633,21 +1633,12 @@ static int on_receive(lq_gateway *gw, conn *c, struct lws *wsi, const char *in, 
  * compared case-insensitively. */
 static int origin_allowed(const char *list, const char *origin, size_t olen)
 {
-    const char *p = list;
+    const char *p = list, *o;
+    size_t len;
 
-    while (*p) {
-        size_t len = strcspn(p, ",");
-        const char *o = p;
-        while (len && *o == ' ')
-            o++, len--;
-        while (len && o[len - 1] == ' ')
-            len--;
+    while (lq_config_list_next(&p, &o, &len))
         if ((len == 1 && o[0] == '*') || (len == olen && strncasecmp(o, origin, len) == 0))
             return 1;
-        p += strcspn(p, ",");
-        if (*p == ',')
-            p++;
-    }
     return 0;
 }
 

@@ -42,6 +42,16 @@ char *lq_xstrdup(const char *s)
     return memcpy(lq_xmalloc(n), s, n);
 }
 
+char *lq_xconcat(const char *a, const char *b, const char *c)
+{
+    size_t la = strlen(a), lb = strlen(b), lc = strlen(c);
+    char *s = lq_xmalloc(la + lb + lc + 1);
+    memcpy(s, a, la);
+    memcpy(s + la, b, lb);
+    memcpy(s + la + lb, c, lc + 1);
+    return s;
+}
+
 void lq_buf_init(lq_buf *b)
 {
     b->data = NULL;

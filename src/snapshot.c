@@ -14,14 +14,6 @@
 #include "livequery/parsedoc.h"
 #include "livequery/query.h"
 
-static char *concat(const char *a, const char *b)
-{
-    size_t la = strlen(a), lb = strlen(b);
-    char *s = lq_xmalloc(la + lb + 1);
-    memcpy(s, a, la);
-    memcpy(s + la, b, lb + 1);
-    return s;
-}
 
 lq_snapshot *lq_snapshot_new(uint64_t token, const char *class_name, const char *where,
                              const lq_query_limits *lim, const lq_config *cfg, size_t scan_max,
@@ -32,8 +24,8 @@ lq_snapshot *lq_snapshot_new(uint64_t token, const char *class_name, const char 
 
     s->token = token;
     snprintf(s->class_name, sizeof(s->class_name), "%s", class_name);
-    s->collection = concat(prefix, class_name);
-    s->schema_collection = concat(prefix, "_SCHEMA");
+    s->collection = lq_xconcat(prefix, class_name, "");
+    s->schema_collection = lq_xconcat(prefix, "_SCHEMA", "");
     s->where = lq_xstrdup(where);
     s->lim = *lim;
     s->files_url_prefix = cfg->files_url_prefix;

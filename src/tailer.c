@@ -212,16 +212,6 @@ static int nap(lq_tailer *t, int ms)
     return atomic_load(&t->stopping);
 }
 
-static char *concat(const char *a, const char *b, const char *c)
-{
-    lq_buf s;
-    lq_buf_init(&s);
-    lq_buf_puts(&s, a);
-    lq_buf_puts(&s, b);
-    lq_buf_puts(&s, c);
-    return s.data;
-}
-
 static void random_hex(char *out, size_t nbytes)
 {
     unsigned char raw[32];
@@ -773,7 +763,7 @@ static int clps_publish(stream_ctx *s, clp_entry **fresh, int generation)
 static int schema_reload(stream_ctx *sc, mongoc_client_t *client, int generation)
 {
     lq_tailer *t = sc->t;
-    char *name = concat(t->cfg->collection_prefix, "_SCHEMA", "");
+    char *name = lq_xconcat(t->cfg->collection_prefix, "_SCHEMA", "");
     mongoc_collection_t *coll = mongoc_client_get_collection(client, t->db, name);
     bson_t filter = BSON_INITIALIZER;
     mongoc_cursor_t *cur = mongoc_collection_find_with_opts(coll, &filter, NULL, NULL);
@@ -1541,10 +1531,10 @@ static void add_class(lq_tailer *t, const char *name, size_t len)
      * _Join:…) go to master-key subscribers only; _User and _Role keep theirs */
     s->master_only = s->class_name[0] == '_' && strcmp(s->class_name, "_User") != 0 &&
                      strcmp(s->class_name, "_Role") != 0;
-    s->collection = concat(t->cfg->collection_prefix, s->class_name, "");
-    char *base = concat(t->cfg->channel_prefix, t->cfg->app_id, ":");
-    s->state_key = concat(base, "tailer:", s->class_name);
-    s->stream_key = concat(base, "stream:", s->class_name);
+    s->collection = lq_xconcat(t->cfg->collection_prefix, s->class_name, "");
+    char *base = lq_xconcat(t->cfg->channel_prefix, t->cfg->app_id, ":");
+    s->state_key = lq_xconcat(base, "tailer:", s->class_name);
+    s->stream_key = lq_xconcat(base, "stream:", s->class_name);
     free(base);
 }
 
@@ -1569,9 +1559,9 @@ lq_tailer *lq_tailer_new(const lq_config *cfg)
         random_hex(rnd, 4);
         snprintf(t->id, sizeof(t->id), "%s:%d:%s", host, (int)getpid(), rnd);
     }
-    t->lease_key = concat(cfg->channel_prefix, cfg->app_id, ":tailer:lease");
-    t->channel = concat(cfg->channel_prefix, cfg->app_id, ":changes");
-    t->schema_key = concat(cfg->channel_prefix, cfg->app_id, ":schema");
+    t->lease_key = lq_xconcat(cfg->channel_prefix, cfg->app_id, ":tailer:lease");
+    t->channel = lq_xconcat(cfg->channel_prefix, cfg->app_id, ":changes");
+    t->schema_key = lq_xconcat(cfg->channel_prefix, cfg->app_id, ":schema");
     t->conv.files_url_prefix = cfg->files_url_prefix;
 
     /* the classes, the auth collections, then the _SCHEMA watcher */
@@ -1599,7 +1589,7 @@ lq_tailer *lq_tailer_new(const lq_config *cfg)
     sc->t = t;
     sc->is_schema = 1;
     snprintf(sc->class_name, sizeof(sc->class_name), "_SCHEMA");
-    sc->collection = concat(cfg->collection_prefix, "_SCHEMA", "");
+    sc->collection = lq_xconcat(cfg->collection_prefix, "_SCHEMA", "");
     if (pipe(t->stop_pipe) != 0) {
         LQ_ERROR("tailer: pipe failed", "error=\"%s\"", strerror(errno));
         lq_tailer_free(t);

@@ -82,6 +82,11 @@ int lq_config_parse(lq_config *cfg, int argc, char **argv, FILE *out, FILE *err)
  * differs (it needs a restart). Returns the number of settings changed. */
 int lq_config_reload(lq_config *live, const lq_config *next, FILE *err);
 
+/* Walks a comma-separated list (--allowed-origins, --classes): sets *item
+ * and *len to the next entry with the spaces around it trimmed and returns 1,
+ * or returns 0 at the end. *p starts at the list and is advanced. */
+int lq_config_list_next(const char **p, const char **item, size_t *len);
+
 /* Frees the strings in cfg. Accepts NULL. */
 void lq_config_release(lq_config *cfg);
 

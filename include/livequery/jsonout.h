@@ -55,5 +55,7 @@ void *lq_xmalloc(size_t n);
 void *lq_xcalloc(size_t n, size_t size);
 void *lq_xrealloc(void *p, size_t n);
 char *lq_xstrdup(const char *s);
+/* A new string a + b + c (c may be ""). */
+char *lq_xconcat(const char *a, const char *b, const char *c);
 
 #endif
