@@ -166,6 +166,7 @@ h.test('no session token, key or password ever appears in the logs (debug level,
   const r2 = await h.startRedis();
   const admin = await h.publisher(r2.port);
   await admin.client.configSet('requirepass', REDIS_PW);
+  await admin.quit(); // it would keep reconnecting (without the password) after r2 stops
   const deadMongo = await h.freePort();
   const g2 = await h.startGateway({
     args: ['--redis-url', `redis://:${REDIS_PW}@127.0.0.1:${r2.port}`, '--log-level', 'debug',
