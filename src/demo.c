@@ -131,7 +131,7 @@ static json_t *pointer(const char *class_name, const char *id)
 
 static json_t *date(int64_t ms)
 {
-    char b[32];
+    char b[80];
     return json_pack("{s:s, s:s}", "__type", "Date", "iso", iso(b, sizeof b, ms));
 }
 
@@ -147,7 +147,7 @@ static json_t *signing_json(const lq_demo *d, int i)
 {
     const demo_seed *s = &seeds[i];
     const demo_row *r = &d->row[i];
-    char id[16], c[32], u[32];
+    char id[24], c[80], u[80];
     sign_id(id, sizeof id, i);
     return json_pack("{s:s, s:s, s:s, s:s, s:s, s:s, s:o, s:s, s:o, s:s, s:o, s:i, s:o}",
                      "objectId", id, "className", "SigningSchedule",
@@ -165,7 +165,7 @@ static json_t *stock_json(const lq_demo *d, int i)
 {
     const demo_seed *s = &seeds[i];
     const demo_row *r = &d->row[i];
-    char id[16], sid[16], c[32], u[32];
+    char id[24], sid[24], c[80], u[80];
     stock_id(id, sizeof id, i);
     sign_id(sid, sizeof sid, i);
     return json_pack("{s:s, s:s, s:s, s:s, s:s, s:s, s:i, s:i, s:i, s:o, s:o, s:o, s:o}",
