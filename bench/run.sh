@@ -20,6 +20,8 @@
 #   LQ_BENCH_PEER=0           skip Parse Server
 #   LQ_BENCH_LOOPS="uv"       livequeryd --event-loop values; each scenario runs once per loop
 #                             (the first is the one compared with Parse)
+#   LQ_BENCH_LIVEQUERYD=path  the livequeryd binary to measure (default: the Release build here), e.g. an
+#                             older commit's, to compare two builds in one sitting
 #
 # Everything started here is stopped on exit (trap). Exit status: 0 when every
 # scenario delivered exactly what was expected, 1 otherwise.
@@ -88,7 +90,7 @@ cmake -S "$ROOT" -B "$BUILD" -DCMAKE_BUILD_TYPE=Release -DBUILD_TESTING=OFF >"$W
     || { cat "$WORK/cmake.log" >&2; exit 2; }
 cmake --build "$BUILD" -j"$(nproc)" --target livequeryd lq_bench acl_bench send_floor >>"$WORK/cmake.log" 2>&1 \
     || { cat "$WORK/cmake.log" >&2; exit 2; }
-LIVEQUERYD="$BUILD/livequeryd"
+LIVEQUERYD="${LQ_BENCH_LIVEQUERYD:-$BUILD/livequeryd}" # another build to compare with: LQ_BENCH_LIVEQUERYD=path
 LQ_BENCH="$BUILD/bench/lq_bench"
 if [ "$PEER" = 1 ]; then
     echo "== installing the Parse Server peer (bench/peer/setup.sh)" >&2
