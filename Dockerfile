@@ -25,7 +25,8 @@ COPY --from=build /out/usr/bin/livequeryd /usr/bin/livequeryd
 COPY --from=build /out/usr/share/livequeryd /usr/share/livequeryd
 # In a container the port must be reachable from outside it; everything else
 # keeps its safe default (limits on, no master key, every Origin allowed).
-ENV LIVEQUERY_HOST=0.0.0.0 LIVEQUERY_LOG_FORMAT=json
+# MONGOC_DISABLE_SHM: libmongoc's counters stay in the process (no /dev/shm file, no warning at start)
+ENV LIVEQUERY_HOST=0.0.0.0 LIVEQUERY_LOG_FORMAT=json MONGOC_DISABLE_SHM=1
 USER nobody
 EXPOSE 1337
 STOPSIGNAL SIGTERM

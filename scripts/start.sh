@@ -7,6 +7,7 @@
 # it runs the demo feed (--demo-feed 1, unless --demo-feed is given): a simulated
 # event day for the display page at http://127.0.0.1:<port>/display/.
 set -euo pipefail
+export MONGOC_DISABLE_SHM=1 # libmongoc counters in-process: no /dev/shm file, no warning at start
 cd "$(dirname "$0")/.."
 
 ./scripts/deps.sh

@@ -213,6 +213,9 @@ function cleanEnv(extra = {}) {
   const env = {};
   for (const [k, v] of Object.entries(process.env)) if (!k.startsWith('LIVEQUERY_')) env[k] = v;
   env.LSAN_OPTIONS = `suppressions=${path.join(__dirname, '..', 'lsan.supp')}:print_suppressions=0`;
+  /* libmongoc keeps its counters in /dev/shm/mongoc-<pid>; one left by a killed
+   * process whose pid comes round again makes it warn on stderr at load */
+  env.MONGOC_DISABLE_SHM = '1';
   return { ...env, ...extra };
 }
 
