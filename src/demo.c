@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include "livequery/clock.h"
+#include "livequery/json.h"
 #include "livequery/log.h"
 #include "livequery/redisconn.h"
 
@@ -88,16 +89,6 @@ static int rand_between(lq_demo *d, int lo, int hi) /* inclusive */
     return lo + (int)(next_rand(d) % (uint64_t)(hi - lo + 1));
 }
 
-static const char *iso(char *buf, size_t cap, int64_t ms)
-{
-    time_t s = (time_t)(ms / 1000);
-    struct tm tm;
-    gmtime_r(&s, &tm);
-    snprintf(buf, cap, "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", tm.tm_year + 1900, tm.tm_mon + 1,
-             tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, (int)(ms % 1000));
-    return buf;
-}
-
 /* Today (local time) at hh:mm, in ms since the epoch. */
 static int64_t today_at(int hour, int minute)
 {
@@ -132,7 +123,7 @@ static json_t *pointer(const char *class_name, const char *id)
 static json_t *date(int64_t ms)
 {
     char b[80];
-    return json_pack("{s:s, s:s}", "__type", "Date", "iso", iso(b, sizeof b, ms));
+    return json_pack("{s:s, s:s}", "__type", "Date", "iso", lq_ms_to_iso(ms, b, sizeof b));
 }
 
 static json_t *acl_public(void)
@@ -151,8 +142,8 @@ static json_t *signing_json(const lq_demo *d, int i)
     sign_id(id, sizeof id, i);
     return json_pack("{s:s, s:s, s:s, s:s, s:s, s:s, s:o, s:s, s:o, s:s, s:o, s:i, s:o}",
                      "objectId", id, "className", "SigningSchedule",
-                     "createdAt", iso(c, sizeof c, d->created_ms),
-                     "updatedAt", iso(u, sizeof u, r->sign_updated),
+                     "createdAt", lq_ms_to_iso(d->created_ms, c, sizeof c),
+                     "updatedAt", lq_ms_to_iso(r->sign_updated, u, sizeof u),
                      "bookTitle", s->book, "authorName", s->author, "eventDate", date(r->event_ms),
                      "location", s->location,
                      "publisherContact", pointer("PublisherContact", s->publisher),
@@ -170,8 +161,8 @@ static json_t *stock_json(const lq_demo *d, int i)
     sign_id(sid, sizeof sid, i);
     return json_pack("{s:s, s:s, s:s, s:s, s:s, s:s, s:i, s:i, s:i, s:o, s:o, s:o, s:o}",
                      "objectId", id, "className", "BookStockLog",
-                     "createdAt", iso(c, sizeof c, d->created_ms),
-                     "updatedAt", iso(u, sizeof u, r->stock_updated),
+                     "createdAt", lq_ms_to_iso(d->created_ms, c, sizeof c),
+                     "updatedAt", lq_ms_to_iso(r->stock_updated, u, sizeof u),
                      "isbn", s->isbn, "bookTitle", s->book, "quantityOnHand", r->on_hand,
                      "quantityReserved", r->reserved, "restockThreshold", s->threshold,
                      "lastCountedAt", date(r->counted), "recordedBy", pointer("_User", s->staff_lead),

@@ -1,4 +1,4 @@
-/* log.c - logfmt lines; see log.h. */
+/* log.c - logfmt or JSON lines; see log.h. */
 #include "livequery/log.h"
 
 #include <libwebsockets.h>
@@ -7,6 +7,8 @@
 #include <string.h>
 #include <strings.h>
 #include <time.h>
+
+#include "livequery/json.h"
 
 int lq_log_level = LQ_LOG_INFO;
 
@@ -109,13 +111,10 @@ void lq_log_write(int level, const char *msg, const char *fields, ...)
 {
     char line[4096], fbuf[2048], when[64];
     struct timespec ts;
-    struct tm tm;
     size_t n;
 
     clock_gettime(CLOCK_REALTIME, &ts);
-    gmtime_r(&ts.tv_sec, &tm);
-    snprintf(when, sizeof(when), "%04d-%02d-%02dT%02d:%02d:%02d.%03ldZ", tm.tm_year + 1900,
-             tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, ts.tv_nsec / 1000000);
+    lq_ms_to_iso((int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000, when, sizeof(when));
     const char *lname = level_names[level < 0 ? 0 : level > 3 ? 3 : level];
     fbuf[0] = '\0';
     if (fields && *fields) {
